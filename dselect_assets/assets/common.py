@@ -1,0 +1,70 @@
+"""Small pieces every asset uses: lineage rows, artifact registration, metadata tables."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from dselect_assets.core.hashing import file_sha256
+
+shards = dg.DynamicPartitionsDefinition(name="shards")
+
+
+def partition_key_or_empty(context: dg.AssetExecutionContext) -> str:
+    return context.partition_key if context.has_partition_key else ""
+
+
+def record_run(
+    con: duckdb.DuckDBPyConnection,
+    context: dg.AssetExecutionContext,
+    config: dict | None = None,
+    producer_id: str | None = None,
+    outputs: dict | None = None,
+) -> None:
+    """Upsert this materialization's lineage row (same run re-executed replaces it)."""
+    con.execute(
+        "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, now(), now(), ?)",
+        [
+            context.run_id,
+            context.asset_key.to_user_string(),
+            partition_key_or_empty(context),
+            json.dumps(config or {}, sort_keys=True, default=str),
+            producer_id,
+            context.assets_def.code_versions_by_key.get(context.asset_key),
+            json.dumps(outputs or {}, sort_keys=True, default=str),
+        ],
+    )
+
+
+def register_artifact(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    kind: str,
+    run_id: str,
+    producer_id: str | None = None,
+    partition_key: str | None = None,
+    n_rows: int | None = None,
+    sha256: str | None = None,
+) -> str:
+    digest = sha256 or file_sha256(path)
+    con.execute(
+        "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, now())",
+        [str(path), kind, producer_id, partition_key, digest, n_rows, run_id],
+    )
+    return digest
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], limit: int = 50) -> str:
+    """A markdown table for asset metadata; long tables are cut with a count of what was left out."""
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"\n… and {len(rows) - limit} more rows")
+    return "\n".join(lines)

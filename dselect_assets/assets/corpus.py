@@ -1,0 +1,205 @@
+"""Corpus ingestion: one `documents` partition per shard file, and the sensor that finds new files."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from dselect_assets.assets.common import markdown_table, record_run, register_artifact, shards
+from dselect_assets.core.hashing import file_sha256
+from dselect_assets.core.ingest import (
+    DEFAULT_MAX_DOCUMENT_BYTES,
+    SHARD_SUFFIXES,
+    ShardReadError,
+    shard_format,
+    write_documents,
+)
+from dselect_assets.resources import DataPaths, DuckDBStore
+
+INGEST_VERSION = "1"
+
+
+class IngestConfig(dg.Config):
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+
+
+def is_shard_file(path: Path) -> bool:
+    return (
+        path.is_file()
+        and path.suffix.lower() in SHARD_SUFFIXES
+        and not path.name.startswith(".")
+    )
+
+
+def list_shard_files(corpus: Path) -> list[Path]:
+    return sorted(p for p in corpus.iterdir() if is_shard_file(p)) if corpus.is_dir() else []
+
+
+def _quarantine_whole_file(store: DuckDBStore, shard: str, reason: str, run_id: str) -> None:
+    with store.transaction() as con:
+        con.execute(
+            "INSERT OR REPLACE INTO quarantine VALUES (?, 0, NULL, ?, '', now(), ?)",
+            [shard, reason, run_id],
+        )
+
+
+def _drop_ids_taken_by_other_shards(
+    store: DuckDBStore, shard: str, documents_file: Path
+) -> list[tuple[int, str, str]]:
+    """Rows whose id another shard already holds: rewrite the file without them, return them."""
+    with store.connect(read_only=True) as con:
+        clashes = con.execute(
+            "SELECT p.row_number, p.doc_id, d.shard || ' row ' || d.row_number"
+            " FROM read_parquet(?) p JOIN documents d ON p.doc_id = d.doc_id AND d.shard <> ?"
+            " ORDER BY p.row_number",
+            [str(documents_file), shard],
+        ).fetchall()
+    if clashes:
+        bad_rows = [row for row, _, _ in clashes]
+        kept = pl.read_parquet(documents_file).filter(~pl.col("row_number").is_in(bad_rows))
+        kept.write_parquet(documents_file, compression="zstd")
+    return clashes
+
+
+@dg.asset(
+    partitions_def=shards,
+    group_name="corpus",
+    code_version=INGEST_VERSION,
+    kinds={"duckdb", "parquet"},
+    description="Validated, hashed documents of one shard file; bad rows go to the quarantine table.",
+)
+def documents(
+    context: dg.AssetExecutionContext, config: IngestConfig, paths: DataPaths, store: DuckDBStore
+) -> dg.MaterializeResult:
+    shard = context.partition_key
+    source = paths.corpus / shard
+    try:
+        fmt = shard_format(source)
+        if not source.is_file():
+            raise ShardReadError(f"{source}: no such file (was it moved or deleted?)")
+        file_hash = file_sha256(source)
+        # Content-addressed name: the previous file stays valid until the new one is committed.
+        out_file = paths.dir("documents", shard) / f"{file_hash[:16]}.parquet"
+        summary = write_documents(source, out_file, config.max_document_bytes)
+    except (ShardReadError, PermissionError, OSError) as exc:
+        reason = str(exc)
+        _quarantine_whole_file(store, shard, reason, context.run_id)
+        raise dg.Failure(
+            description=f"shard {shard} could not be read: {reason}",
+            metadata={"shard": shard, "reason": reason},
+        ) from exc
+
+    clashes = _drop_ids_taken_by_other_shards(store, shard, out_file)
+    rejections = [(r.row_number, r.doc_id, r.reason, r.excerpt) for r in summary.rejections]
+    rejections += [
+        (row, doc_id, f"duplicate id {doc_id!r}: already used by shard {where}", "")
+        for row, doc_id, where in clashes
+    ]
+    n_documents = summary.n_documents - len(clashes)
+
+    with store.transaction() as con:
+        previous = con.execute(
+            "SELECT documents_file FROM shards WHERE shard = ?", [shard]
+        ).fetchone()
+        con.execute("DELETE FROM documents WHERE shard = ?", [shard])
+        con.execute("DELETE FROM quarantine WHERE shard = ?", [shard])
+        con.execute(
+            "INSERT INTO documents SELECT ?, row_number, doc_id, content_hash, n_chars, n_bytes"
+            " FROM read_parquet(?)",
+            [shard, str(out_file)],
+        )
+        if rejections:
+            con.executemany(
+                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, now(), ?)",
+                [(shard, row, doc_id, reason, excerpt, context.run_id) for row, doc_id, reason, excerpt in rejections],
+            )
+        n_duplicates = con.execute(
+            "SELECT count(*) FROM documents d WHERE d.shard = ? AND EXISTS ("
+            " SELECT 1 FROM documents e WHERE e.content_hash = d.content_hash AND"
+            " (e.shard < d.shard OR (e.shard = d.shard AND e.row_number < d.row_number)))",
+            [shard],
+        ).fetchone()[0]
+        documents_sha = register_artifact(
+            con, out_file, "documents", context.run_id, partition_key=shard, n_rows=n_documents
+        )
+        con.execute(
+            "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
+            [
+                shard, str(source), fmt, source.stat().st_size, file_hash, summary.n_rows,
+                n_documents, len(rejections), n_duplicates, str(out_file), documents_sha, context.run_id,
+            ],
+        )
+        outputs = {
+            "n_rows": summary.n_rows,
+            "n_documents": n_documents,
+            "n_rejected": len(rejections),
+            "n_duplicates": n_duplicates,
+            "documents_file": str(out_file),
+        }
+        record_run(con, context, config.model_dump(), outputs=outputs)
+        n_corpus = con.execute("SELECT count(*) FROM contents").fetchone()[0]
+
+    if previous and previous[0] != str(out_file):
+        Path(previous[0]).unlink(missing_ok=True)
+
+    reasons = Counter(reason.split(":")[0].split(" (")[0] for _, _, reason, _ in rejections)
+    context.log.info(f"{shard}: {n_documents} documents, {len(rejections)} quarantined, {n_duplicates} duplicates")
+    return dg.MaterializeResult(
+        metadata={
+            "format": fmt,
+            "rows_read": summary.n_rows,
+            "documents": n_documents,
+            "quarantined": len(rejections),
+            "duplicates": n_duplicates,
+            "distinct_texts_in_corpus": n_corpus,
+            "source_file": dg.MetadataValue.path(str(source)),
+            "documents_file": dg.MetadataValue.path(str(out_file)),
+            "quarantine_reasons": dg.MetadataValue.md(
+                markdown_table(["reason", "rows"], reasons.most_common()) if reasons else "none"
+            ),
+            "quarantined_rows": dg.MetadataValue.md(
+                markdown_table(
+                    ["row", "id", "reason", "excerpt"],
+                    [(row, doc_id or "", reason, excerpt) for row, doc_id, reason, excerpt in rejections],
+                    limit=20,
+                )
+                if rejections
+                else "none"
+            ),
+        }
+    )
+
+
+def shard_run_key(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def build_corpus_sensor(job) -> dg.SensorDefinition:
+    @dg.sensor(
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Adds a `shards` partition for each new corpus file and runs the per-shard assets "
+        "for new or changed files.",
+    )
+    def corpus_sensor(context: dg.SensorEvaluationContext, paths: DataPaths) -> dg.SensorResult:
+        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        known = set(context.instance.get_dynamic_partitions(shards.name))
+        files = list_shard_files(paths.corpus)
+        new_partitions = [p.name for p in files if p.name not in known]
+        run_requests = []
+        for path in files:
+            key = shard_run_key(path)
+            if seen.get(path.name) != key:
+                run_requests.append(dg.RunRequest(run_key=key, partition_key=path.name))
+                seen[path.name] = key
+        return dg.SensorResult(
+            run_requests=run_requests,
+            dynamic_partitions_requests=[shards.build_add_request(new_partitions)] if new_partitions else [],
+            cursor=json.dumps(seen, sort_keys=True),
+        )
+
+    return corpus_sensor

@@ -29,7 +29,7 @@ def record_run(
     con.execute(
         "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, now(), now(), ?)",
         [
-            context.run_id,
+            context.run.run_id,
             context.asset_key.to_user_string(),
             partition_key_or_empty(context),
             json.dumps(config or {}, sort_keys=True, default=str),

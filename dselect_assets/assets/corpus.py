@@ -85,7 +85,7 @@ def documents(
         summary = write_documents(source, out_file, config.max_document_bytes)
     except (ShardReadError, PermissionError, OSError) as exc:
         reason = str(exc)
-        _quarantine_whole_file(store, shard, reason, context.run_id)
+        _quarantine_whole_file(store, shard, reason, context.run.run_id)
         raise dg.Failure(
             description=f"shard {shard} could not be read: {reason}",
             metadata={"shard": shard, "reason": reason},
@@ -113,7 +113,7 @@ def documents(
         if rejections:
             con.executemany(
                 "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, now(), ?)",
-                [(shard, row, doc_id, reason, excerpt, context.run_id) for row, doc_id, reason, excerpt in rejections],
+                [(shard, row, doc_id, reason, excerpt, context.run.run_id) for row, doc_id, reason, excerpt in rejections],
             )
         n_duplicates = con.execute(
             "SELECT count(*) FROM documents d WHERE d.shard = ? AND EXISTS ("
@@ -122,13 +122,13 @@ def documents(
             [shard],
         ).fetchone()[0]
         documents_sha = register_artifact(
-            con, out_file, "documents", context.run_id, partition_key=shard, n_rows=n_documents
+            con, out_file, "documents", context.run.run_id, partition_key=shard, n_rows=n_documents
         )
         con.execute(
             "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
             [
                 shard, str(source), fmt, source.stat().st_size, file_hash, summary.n_rows,
-                n_documents, len(rejections), n_duplicates, str(out_file), documents_sha, context.run_id,
+                n_documents, len(rejections), n_duplicates, str(out_file), documents_sha, context.run.run_id,
             ],
         )
         outputs = {

@@ -9,6 +9,7 @@ files the sensor watches.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,3 +80,83 @@ class DuckDBStore(dg.ConfigurableResource):
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
         with self.connect(read_only=True) as con:
             return con.execute(sql, params or []).fetchall()
+
+
+# ----------------------------------------------------------------- models
+# Each resource holds only configuration; `load()` builds the model once per
+# process (cached), because a process materializing several shards should not
+# reload a judge for each one.
+
+
+@functools.lru_cache(maxsize=4)
+def _load_embedder(model_path: str, max_length: int, batch_size: int):
+    from dselect_assets.core.embed import SentenceEmbedder
+
+    return SentenceEmbedder(model_path or None, max_length=max_length, batch_size=batch_size)
+
+
+def _model_spec(model_path: str, kind: str, chat_template: bool, default):
+    from dselect_assets.core.models import ModelSpec
+
+    if not model_path:
+        return default()
+    path = Path(model_path)
+    if path.suffix == ".gguf":
+        return ModelSpec(path=path.parent, gguf_file=path.name, kind=kind or "causal", chat_template=chat_template)
+    return ModelSpec(path=path, kind=kind or "causal", chat_template=chat_template)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_judge(model_path: str, kind: str, chat_template: bool, max_doc_tokens: int, batch_size: int):
+    from dselect_assets.core.ask_llm import AskLLMJudge
+    from dselect_assets.core.models import default_judge_spec
+
+    spec = _model_spec(model_path, kind, chat_template, default_judge_spec)
+    return AskLLMJudge(spec, max_doc_tokens=max_doc_tokens, batch_size=batch_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_perplexity_lm(model_path: str, max_tokens: int, batch_size: int):
+    from dselect_assets.core.models import default_lm_spec
+    from dselect_assets.core.perplexity import PerplexityScorer
+
+    spec = _model_spec(model_path, "causal", False, default_lm_spec)
+    return PerplexityScorer(spec, max_tokens=max_tokens, batch_size=batch_size)
+
+
+class EmbedderResource(dg.ConfigurableResource):
+    """Sentence embedder; empty model_path means the bundled all-MiniLM-L6-v2."""
+
+    model_path: str = ""
+    max_length: int = 256
+    batch_size: int = 32
+
+    def load(self):
+        return _load_embedder(self.model_path, self.max_length, self.batch_size)
+
+
+class AskLLMJudgeResource(dg.ConfigurableResource):
+    """The Ask-LLM judge: any local causal or seq2seq model directory, or a .gguf file.
+
+    Empty model_path means the bundled default judge (SmolLM2-135M-Instruct).
+    """
+
+    model_path: str = ""
+    kind: str = ""  # causal | seq2seq; empty: causal
+    chat_template: bool = True
+    max_doc_tokens: int = 256
+    batch_size: int = 8
+
+    def load(self):
+        return _load_judge(self.model_path, self.kind, self.chat_template, self.max_doc_tokens, self.batch_size)
+
+
+class PerplexityLMResource(dg.ConfigurableResource):
+    """The language model whose per-document perplexity the perplexity filter uses."""
+
+    model_path: str = ""
+    max_tokens: int = 256
+    batch_size: int = 8
+
+    def load(self):
+        return _load_perplexity_lm(self.model_path, self.max_tokens, self.batch_size)

@@ -1,0 +1,233 @@
+"""Per-shard quality signals: embeddings, Ask-LLM scores, perplexity scores.
+
+Every result is keyed by (content_hash, producer_id). A materialization asks
+DuckDB which documents of the shard still lack a result for this producer,
+computes only those, and commits each chunk in its own transaction: a killed
+run loses at most the chunk in flight, and a re-run starts where it stopped.
+"""
+
+import json
+from collections.abc import Callable
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from dselect_assets.assets.common import record_run, register_artifact, shards
+from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
+from dselect_assets.assets.shard_reader import shard_texts
+from dselect_assets.core.hashing import producer_id as make_producer_id
+from dselect_assets.core.models import ModelLoadError
+from dselect_assets.resources import (
+    AskLLMJudgeResource,
+    DataPaths,
+    DuckDBStore,
+    EmbedderResource,
+    PerplexityLMResource,
+)
+
+
+class ChunkConfig(dg.Config):
+    chunk_size: int = 64
+
+
+def load_model(resource):
+    try:
+        return resource.load()
+    except ModelLoadError as exc:
+        raise dg.Failure(description=f"model could not be loaded: {exc}") from exc
+
+
+def register_producer(store: DuckDBStore, producer: str, kind: str, identity: dict) -> None:
+    with store.transaction() as con:
+        con.execute(
+            "INSERT INTO producers VALUES (?, ?, ?, now()) ON CONFLICT DO NOTHING",
+            [producer, kind, json.dumps(identity, sort_keys=True, default=str)],
+        )
+
+
+def missing_documents(store: DuckDBStore, docs: pl.DataFrame, producer: str, table: str) -> pl.DataFrame:
+    """The rows of `docs` with no result from `producer` in `table`, shortest first."""
+    with store.connect(read_only=True) as con:
+        con.register("shard_docs", docs.select("content_hash").to_arrow())
+        done = {
+            row[0]
+            for row in con.execute(
+                f"SELECT d.content_hash FROM shard_docs d JOIN {table} t"
+                " ON t.content_hash = d.content_hash AND t.producer_id = ?",
+                [producer],
+            ).fetchall()
+        }
+    todo = docs.filter(~pl.col("content_hash").is_in(list(done)))
+    # Similar lengths in a chunk pad less; the hash breaks ties so chunks are reproducible.
+    return todo.with_columns(pl.col("text").str.len_chars().alias("_len")).sort(["_len", "content_hash"]).drop("_len")
+
+
+def run_in_chunks(
+    context: dg.AssetExecutionContext,
+    todo: pl.DataFrame,
+    chunk_size: int,
+    compute_and_commit: Callable[[pl.DataFrame], None],
+) -> None:
+    total = todo.height
+    for start in range(0, total, chunk_size):
+        compute_and_commit(todo.slice(start, chunk_size))
+        context.log.info(f"committed {min(start + chunk_size, total)}/{total}")
+
+
+def _score_shard(
+    context: dg.AssetExecutionContext,
+    store: DuckDBStore,
+    paths: DataPaths,
+    kind: str,
+    scorer,
+    score_fn: Callable[[list[str]], np.ndarray],
+    chunk_size: int,
+    config: dict,
+) -> dg.MaterializeResult:
+    """Shared body of the score assets: value (and value_norm) per missing document."""
+    shard = context.partition_key
+    producer = make_producer_id(kind, **scorer.identity)
+    register_producer(store, producer, kind, scorer.identity)
+    docs = shard_texts(store, shard)
+    todo = missing_documents(store, docs, producer, "scores")
+
+    def commit(chunk: pl.DataFrame) -> None:
+        values = np.asarray(score_fn(chunk["text"].to_list()), dtype=np.float64)
+        value = values[:, 0] if values.ndim == 2 else values
+        norm = values[:, 1] if values.ndim == 2 else np.full(len(value), np.nan)
+        rows = [
+            (
+                h,
+                producer,
+                None if np.isnan(v) else float(v),
+                None if np.isnan(n) else float(n),
+                "could not be scored (tokenizes to too few tokens)" if np.isnan(v) else None,
+                context.run.run_id,
+            )
+            for h, v, n in zip(chunk["content_hash"].to_list(), value, norm)
+        ]
+        with store.transaction() as con:
+            con.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
+
+    run_in_chunks(context, todo, chunk_size, commit)
+
+    with store.connect(read_only=True) as con:
+        con.register("shard_docs", docs.select("content_hash").to_arrow())
+        values = con.execute(
+            "SELECT s.value, s.value_norm FROM shard_docs d JOIN scores s"
+            " ON s.content_hash = d.content_hash AND s.producer_id = ?",
+            [producer],
+        ).fetchnumpy()
+    value = np.asarray(values["value"], dtype=np.float64)
+    stats = {
+        "documents": docs.height,
+        "scored_now": todo.height,
+        "reused_from_cache": docs.height - todo.height,
+        "unscorable": int(np.isnan(value).sum()),
+    }
+    with store.transaction() as con:
+        record_run(con, context, config, producer, outputs=stats)
+    png = histogram_png(value, f"{kind} · {shard}", paths.dir("reports", kind) / f"{shard}.png")
+    return dg.MaterializeResult(
+        metadata={
+            **stats,
+            "producer_id": producer,
+            "model": scorer.spec.name,
+            "summary": dg.MetadataValue.json(summary(value)),
+            "histogram": dg.MetadataValue.md(histogram_markdown(value)),
+            "histogram_plot": png_markdown(png, f"{kind} histogram"),
+        },
+        data_version=dg.DataVersion(f"{producer}:{docs.height}"),
+    )
+
+
+@dg.asset(
+    partitions_def=shards,
+    deps=["documents"],
+    group_name="scores",
+    kinds={"pytorch", "duckdb"},
+    description="Ask-LLM: P('yes') from an instruction-tuned judge asked if the document is informative "
+    "pretraining data (paper prompt, one forward pass), plus P(yes)/(P(yes)+P(no)).",
+)
+def ask_llm_scores(
+    context: dg.AssetExecutionContext,
+    config: ChunkConfig,
+    judge: AskLLMJudgeResource,
+    store: DuckDBStore,
+    paths: DataPaths,
+) -> dg.MaterializeResult:
+    scorer = load_model(judge)
+    return _score_shard(context, store, paths, "ask_llm", scorer, scorer.score, config.chunk_size,
+                        {**config.model_dump(), **judge.model_dump()})
+
+
+@dg.asset(
+    partitions_def=shards,
+    deps=["documents"],
+    group_name="scores",
+    kinds={"pytorch", "duckdb"},
+    description="Mean token negative log-likelihood of each document under a small LM (perplexity filter).",
+)
+def perplexity_scores(
+    context: dg.AssetExecutionContext,
+    config: ChunkConfig,
+    perplexity_lm: PerplexityLMResource,
+    store: DuckDBStore,
+    paths: DataPaths,
+) -> dg.MaterializeResult:
+    scorer = load_model(perplexity_lm)
+    return _score_shard(context, store, paths, "perplexity", scorer, scorer.score, config.chunk_size,
+                        {**config.model_dump(), **perplexity_lm.model_dump()})
+
+
+@dg.asset(
+    partitions_def=shards,
+    deps=["documents"],
+    group_name="scores",
+    kinds={"pytorch", "numpy"},
+    description="L2-normalized sentence embeddings (float32 .npy chunk files) keyed by content hash.",
+)
+def embeddings(
+    context: dg.AssetExecutionContext,
+    config: ChunkConfig,
+    embedder: EmbedderResource,
+    store: DuckDBStore,
+    paths: DataPaths,
+) -> dg.MaterializeResult:
+    shard = context.partition_key
+    model = load_model(embedder)
+    producer = make_producer_id("embedding", **model.identity)
+    register_producer(store, producer, "embedding", model.identity)
+    docs = shard_texts(store, shard)
+    todo = missing_documents(store, docs, producer, "embedding_index")
+    out_dir = paths.dir("embeddings", producer.replace(":", "-"), shard)
+
+    def commit(chunk: pl.DataFrame) -> None:
+        vectors = model.embed(chunk["text"].to_list()).astype(np.float32, copy=False)
+        hashes = chunk["content_hash"].to_list()
+        # Named by its contents, so a re-run of the same chunk overwrites rather than duplicates.
+        out_file = out_dir / f"{make_producer_id('chunk', hashes=hashes).split(':')[1]}.npy"
+        tmp = out_file.with_suffix(".partial.npy")
+        np.save(tmp, vectors)
+        tmp.replace(out_file)
+        with store.transaction() as con:
+            con.executemany(
+                "INSERT INTO embedding_index VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(h, producer, str(out_file), i) for i, h in enumerate(hashes)],
+            )
+            register_artifact(con, out_file, "embeddings", context.run.run_id, producer, shard, len(hashes))
+
+    run_in_chunks(context, todo, config.chunk_size * 4, commit)
+    stats = {
+        "documents": docs.height,
+        "embedded_now": todo.height,
+        "reused_from_cache": docs.height - todo.height,
+        "dimension": model.dim,
+    }
+    with store.transaction() as con:
+        record_run(con, context, {**config.model_dump(), **embedder.model_dump()}, producer, outputs=stats)
+    return dg.MaterializeResult(
+        metadata={**stats, "producer_id": producer, "directory": dg.MetadataValue.path(str(out_dir))},
+        data_version=dg.DataVersion(f"{producer}:{docs.height}"),
+    )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from dselect_assets.assets import corpus, scoring
+from dselect_assets.assets import corpus, density, scoring, selection, training
 from dselect_assets.resources import (
     AskLLMJudgeResource,
     DataPaths,
@@ -16,18 +16,45 @@ from dselect_assets.resources import (
     PerplexityLMResource,
 )
 
-shard_assets = [corpus.documents, scoring.embeddings, scoring.ask_llm_scores, scoring.perplexity_scores]
+shard_assets = [
+    corpus.documents,
+    scoring.embeddings,
+    scoring.ask_llm_scores,
+    scoring.perplexity_scores,
+    density.density_sketch,
+]
+corpus_assets = [selection.eval_sets, density.density, density.clusters, training.lm_tokenizer_file]
 
 shard_job = dg.define_asset_job(
     "shard_job",
     selection=dg.AssetSelection.assets(*shard_assets),
     description="Everything computed per corpus shard: ingest, embed, score, sketch.",
 )
+corpus_job = dg.define_asset_job(
+    "corpus_job",
+    selection=dg.AssetSelection.assets(*corpus_assets),
+    description="Corpus-wide signals: held-out eval sets, merged density, clusters, LM tokenizer.",
+)
+selection_job = dg.define_asset_job(
+    "selection_job",
+    selection=dg.AssetSelection.assets(selection.selections),
+    description="One selection per (sampler, rate) partition.",
+)
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.assets(training.checkpoints, training.eval_metrics),
+    description="Train a tiny LM on a selection and evaluate it on the held-out sets.",
+)
+report_job = dg.define_asset_job(
+    "report_job",
+    selection=dg.AssetSelection.assets(training.comparison_report),
+    description="Compare every trained selection against random and the full data.",
+)
 
 
 @dataclass(frozen=True)
 class PipelineStage:
-    """One job of the end-to-end run and the partitions it runs over (None: unpartitioned)."""
+    """One job of the end-to-end run and the partitions it runs over ([None]: unpartitioned)."""
 
     job_name: str
     partition_keys: Callable[[list[str]], list[str | None]]
@@ -35,11 +62,16 @@ class PipelineStage:
 
 PIPELINE_STAGES = [
     PipelineStage("shard_job", lambda shard_keys: list(shard_keys)),
+    PipelineStage("corpus_job", lambda _: [None]),
+    PipelineStage("selection_job", lambda _: selection.selection_partitions.get_partition_keys()),
+    PipelineStage("training_job", lambda _: training.training_partitions.get_partition_keys()),
+    PipelineStage("report_job", lambda _: [None]),
 ]
 
 defs = dg.Definitions(
-    assets=[*shard_assets],
-    jobs=[shard_job],
+    assets=[*shard_assets, *corpus_assets, selection.selections, training.checkpoints,
+            training.eval_metrics, training.comparison_report],
+    jobs=[shard_job, corpus_job, selection_job, training_job, report_job],
     sensors=[corpus.build_corpus_sensor(shard_job)],
     resources={
         "paths": DataPaths(),

@@ -13,9 +13,10 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from dselect_assets.assets import checks
 from dselect_assets.assets.common import record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
-from dselect_assets.assets.shard_reader import shard_texts
+from dselect_assets.assets.shard_reader import load_embeddings, shard_texts
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.models import ModelLoadError
 from dselect_assets.resources import (
@@ -84,6 +85,7 @@ def _score_shard(
     score_fn: Callable[[list[str]], np.ndarray],
     chunk_size: int,
     config: dict,
+    valid_range: tuple[float, float],
 ) -> dg.MaterializeResult:
     """Shared body of the score assets: value (and value_norm) per missing document."""
     shard = context.partition_key
@@ -139,6 +141,7 @@ def _score_shard(
             "histogram_plot": png_markdown(png, f"{kind} histogram"),
         },
         data_version=dg.DataVersion(f"{producer}:{docs.height}"),
+        check_results=[checks.score_range(context.asset_key.to_user_string(), value, *valid_range)],
     )
 
 
@@ -147,6 +150,7 @@ def _score_shard(
     deps=["documents"],
     group_name="scores",
     kinds={"pytorch", "duckdb"},
+    check_specs=[checks.spec("score_range", "ask_llm_scores", "P(yes) in [0, 1], at most 5% unscorable")],
     description="Ask-LLM: P('yes') from an instruction-tuned judge asked if the document is informative "
     "pretraining data (paper prompt, one forward pass), plus P(yes)/(P(yes)+P(no)).",
 )
@@ -159,7 +163,7 @@ def ask_llm_scores(
 ) -> dg.MaterializeResult:
     scorer = load_model(judge)
     return _score_shard(context, store, paths, "ask_llm", scorer, scorer.score, config.chunk_size,
-                        {**config.model_dump(), **judge.model_dump()})
+                        {**config.model_dump(), **judge.model_dump()}, (0.0, 1.0))
 
 
 @dg.asset(
@@ -167,6 +171,7 @@ def ask_llm_scores(
     deps=["documents"],
     group_name="scores",
     kinds={"pytorch", "duckdb"},
+    check_specs=[checks.spec("score_range", "perplexity_scores", "mean NLL in [0, 30] nats, at most 5% unscorable")],
     description="Mean token negative log-likelihood of each document under a small LM (perplexity filter).",
 )
 def perplexity_scores(
@@ -178,7 +183,7 @@ def perplexity_scores(
 ) -> dg.MaterializeResult:
     scorer = load_model(perplexity_lm)
     return _score_shard(context, store, paths, "perplexity", scorer, scorer.score, config.chunk_size,
-                        {**config.model_dump(), **perplexity_lm.model_dump()})
+                        {**config.model_dump(), **perplexity_lm.model_dump()}, (0.0, 30.0))
 
 
 @dg.asset(
@@ -186,6 +191,7 @@ def perplexity_scores(
     deps=["documents"],
     group_name="scores",
     kinds={"pytorch", "numpy"},
+    check_specs=[checks.spec("unit_norm_and_dimension", "embeddings", "every vector has the model's dimension and unit norm")],
     description="L2-normalized sentence embeddings (float32 .npy chunk files) keyed by content hash.",
 )
 def embeddings(
@@ -227,7 +233,9 @@ def embeddings(
     }
     with store.transaction() as con:
         record_run(con, context, {**config.model_dump(), **embedder.model_dump()}, producer, outputs=stats)
+    vectors = load_embeddings(store, producer, docs["content_hash"].to_list())
     return dg.MaterializeResult(
         metadata={**stats, "producer_id": producer, "directory": dg.MetadataValue.path(str(out_dir))},
         data_version=dg.DataVersion(f"{producer}:{docs.height}"),
+        check_results=[checks.embedding_shape(vectors, model.dim)],
     )

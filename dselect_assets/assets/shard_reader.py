@@ -32,7 +32,8 @@ def texts_for(store: DuckDBStore, content_hashes: list[str]) -> pl.DataFrame:
         located = con.execute(
             "SELECT c.content_hash, c.shard, c.row_number, s.documents_file FROM contents c"
             " JOIN wanted w USING (content_hash) JOIN shards s USING (shard)"
-        ).pl()
+        ).to_arrow_table()
+        located = pl.from_arrow(located)
     parts = []
     for documents_file, group in located.group_by("documents_file"):
         texts = pl.read_parquet(documents_file[0], columns=["row_number", "text"])

@@ -1,0 +1,207 @@
+"""Coverage signals: per-shard RACE sketches, their merged density, and k-means clusters.
+
+Each shard's sketch counts the documents whose first occurrence is in that
+shard, so the merged sketch counts every distinct text once. Sketches are
+additive: a new shard adds one file, and `density` merges files rather than
+re-reading old embeddings to build the sketch.
+"""
+
+import json
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from dselect_assets.assets import checks
+from dselect_assets.assets.common import record_run, register_artifact, shards
+from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
+from dselect_assets.assets.scoring import load_model, register_producer
+from dselect_assets.assets.shard_reader import load_embeddings
+from dselect_assets.core import clustering, race_sketch
+from dselect_assets.core.hashing import producer_id as make_producer_id
+from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
+
+
+class SketchConfig(dg.Config):
+    rows: int = race_sketch.DEFAULT_ROWS
+    buckets: int = race_sketch.DEFAULT_BUCKETS
+    bandwidth: float = race_sketch.DEFAULT_BANDWIDTH
+    hashes_per_row: int = race_sketch.DEFAULT_HASHES_PER_ROW
+    seed: int = race_sketch.DEFAULT_SEED
+
+
+def embedder_producer(embedder: EmbedderResource) -> str:
+    return make_producer_id("embedding", **load_model(embedder).identity)
+
+
+def sketch_producer(config: SketchConfig, embedding_producer: str) -> str:
+    return make_producer_id("density", embedder=embedding_producer, **config.model_dump())
+
+
+def first_occurrences(store: DuckDBStore, shard: str) -> list[str]:
+    return [r[0] for r in store.query(
+        "SELECT content_hash FROM contents WHERE shard = ? ORDER BY content_hash", [shard]
+    )]
+
+
+@dg.asset(
+    partitions_def=shards,
+    deps=["embeddings"],
+    group_name="coverage",
+    kinds={"numpy"},
+    description="RACE sketch (R x B p-stable LSH counts) of the documents first seen in this shard.",
+)
+def density_sketch(
+    context: dg.AssetExecutionContext,
+    config: SketchConfig,
+    embedder: EmbedderResource,
+    store: DuckDBStore,
+    paths: DataPaths,
+) -> dg.MaterializeResult:
+    shard = context.partition_key
+    embedding_producer = embedder_producer(embedder)
+    producer = sketch_producer(config, embedding_producer)
+    hashes = first_occurrences(store, shard)
+    vectors = load_embeddings(store, embedding_producer, hashes)
+    sketch = race_sketch.RaceSketch.empty(
+        dim=load_model(embedder).dim,
+        rows=config.rows,
+        buckets=config.buckets,
+        bandwidth=config.bandwidth,
+        seed=config.seed,
+        embedder_id=embedding_producer,
+        hashes_per_row=config.hashes_per_row,
+    )
+    if len(hashes):
+        sketch.add(vectors)
+    out_file = sketch.save(paths.dir("sketches", producer.replace(":", "-")) / f"{shard}.race")
+    with store.transaction() as con:
+        register_artifact(con, out_file, "density_sketch", context.run.run_id, producer, shard, sketch.n_docs)
+        record_run(con, context, config.model_dump(), producer, outputs={"n_docs": sketch.n_docs})
+    return dg.MaterializeResult(
+        metadata={
+            "documents_sketched": sketch.n_docs,
+            "sketch_file": dg.MetadataValue.path(str(out_file)),
+            "rows_x_buckets": f"{config.rows} x {config.buckets}",
+            "producer_id": producer,
+        }
+    )
+
+
+@dg.asset(
+    deps=["density_sketch"],
+    group_name="coverage",
+    kinds={"duckdb"},
+    check_specs=[checks.spec("sketch_counts_every_document", "density", "merged sketch count == distinct documents")],
+    description="Kernel density of every document from the merged shard sketches (paper Algorithm 2, pass 2).",
+)
+def density(
+    context: dg.AssetExecutionContext,
+    config: SketchConfig,
+    embedder: EmbedderResource,
+    store: DuckDBStore,
+    paths: DataPaths,
+) -> dg.MaterializeResult:
+    embedding_producer = embedder_producer(embedder)
+    producer = sketch_producer(config, embedding_producer)
+    sketch_dir = paths.dir("sketches", producer.replace(":", "-"))
+    shard_names = [r[0] for r in store.query("SELECT DISTINCT shard FROM contents ORDER BY 1")]
+    merged = None
+    for shard in shard_names:
+        path = sketch_dir / f"{shard}.race"
+        if not path.exists():
+            raise dg.Failure(f"no density sketch for shard {shard} at {path}; materialize density_sketch[{shard}]")
+        try:
+            part = race_sketch.RaceSketch.load(path, expected={"embedder_id": embedding_producer})
+        except race_sketch.SketchFileError as exc:
+            raise dg.Failure(f"density sketch of shard {shard} is unusable: {exc}") from exc
+        merged = part if merged is None else merged.merge(part)
+    n_contents = store.query("SELECT count(*) FROM contents")[0][0]
+    if merged is None:
+        raise dg.Failure("the corpus has no documents to estimate density over")
+    merged_file = merged.save(sketch_dir / "merged.race")
+    register_producer(store, producer, "density", {"embedder": embedding_producer, **config.model_dump()})
+    with store.transaction() as con:
+        con.execute("DELETE FROM scores WHERE producer_id = ?", [producer])
+    all_values = []
+    # Shard by shard: memory stays bounded by the largest shard's embeddings.
+    for shard in shard_names:
+        hashes = first_occurrences(store, shard)
+        values = merged.query(load_embeddings(store, embedding_producer, hashes))
+        all_values.append(values)
+        with store.transaction() as con:
+            con.executemany(
+                "INSERT INTO scores VALUES (?, ?, ?, NULL, NULL, ?)",
+                [(h, producer, float(v), context.run.run_id) for h, v in zip(hashes, values)],
+            )
+    values = np.concatenate(all_values)
+    with store.transaction() as con:
+        register_artifact(con, merged_file, "density_sketch_merged", context.run.run_id, producer, None, merged.n_docs)
+        record_run(con, context, config.model_dump(), producer, outputs={"n_docs": merged.n_docs})
+    png = histogram_png(values, "density (RACE sketch)", paths.dir("reports", "density") / "density.png")
+    return dg.MaterializeResult(
+        metadata={
+            "documents": int(values.size),
+            "shards_merged": len(shard_names),
+            "producer_id": producer,
+            "summary": dg.MetadataValue.json(summary(values)),
+            "histogram": dg.MetadataValue.md(histogram_markdown(values)),
+            "histogram_plot": png_markdown(png, "density histogram"),
+        },
+        check_results=[checks.sketch_counts_corpus(merged.n_docs, n_contents)],
+    )
+
+
+class ClusterConfig(dg.Config):
+    n_clusters: int = 0  # 0: chosen from the corpus size
+    seed: int = 0
+
+
+@dg.asset(
+    deps=["embeddings"],
+    group_name="coverage",
+    kinds={"duckdb"},
+    description="faiss k-means over all embeddings; each document's cluster and distance to its centroid "
+    "(used by SemDeDup and SSL Prototypes).",
+)
+def clusters(
+    context: dg.AssetExecutionContext,
+    config: ClusterConfig,
+    embedder: EmbedderResource,
+    store: DuckDBStore,
+    paths: DataPaths,
+) -> dg.MaterializeResult:
+    embedding_producer = embedder_producer(embedder)
+    hashes = [r[0] for r in store.query("SELECT content_hash FROM contents ORDER BY content_hash")]
+    vectors = load_embeddings(store, embedding_producer, hashes)
+    result = clustering.kmeans(vectors, k=config.n_clusters or None, seed=config.seed)
+    clustering_id = make_producer_id(
+        "kmeans", embedder=embedding_producer, k=result.k, seed=config.seed,
+        input_version=make_producer_id("input", hashes=hashes),
+    )
+    centroid_file = paths.dir("clusters") / f"{clustering_id.replace(':', '-')}.npy"
+    np.save(centroid_file, result.centroids)
+    frame = pl.DataFrame({
+        "content_hash": hashes,
+        "clustering_id": clustering_id,
+        "cluster": result.assignment.astype(np.int32),
+        "distance": result.distance.astype(np.float64),
+    })
+    with store.transaction() as con:
+        con.execute("DELETE FROM cluster_assignments")
+        con.register("frame", frame.to_arrow())
+        con.execute("INSERT INTO cluster_assignments SELECT * FROM frame")
+        register_artifact(con, centroid_file, "centroids", context.run.run_id, clustering_id, None, result.k)
+        record_run(con, context, config.model_dump(), clustering_id, outputs={"k": result.k, "n": len(hashes)})
+    sizes = np.bincount(result.assignment, minlength=result.k)
+    return dg.MaterializeResult(
+        metadata={
+            "documents": len(hashes),
+            "clusters": result.k,
+            "clustering_id": clustering_id,
+            "cluster_size": dg.MetadataValue.json(summary(sizes.astype(float))),
+            "largest_clusters": dg.MetadataValue.md(
+                histogram_markdown(sizes.astype(float))
+            ),
+        }
+    )

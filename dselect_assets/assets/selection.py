@@ -1,0 +1,330 @@
+"""Held-out evaluation sets and the selections: one partition per (sampler, rate).
+
+A selection's identity is the hash of its sampler, rate, seed, the producer
+ids of every score it read, and the set of eligible documents, so the same
+inputs, config and seed give the same id, the same members and a
+byte-identical Parquet export.
+"""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from dselect_assets.assets import checks
+from dselect_assets.assets.common import markdown_table, record_run, register_artifact
+from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, texts_for
+from dselect_assets.core import samplers
+from dselect_assets.core.hashing import file_sha256
+from dselect_assets.core.hashing import producer_id as make_producer_id
+from dselect_assets.core.ingest import Document, read_shard
+from dselect_assets.resources import DataPaths, DuckDBStore
+
+DEFAULT_SAMPLERS = [
+    "random",
+    "density",
+    "density_topk",
+    "density_bottomk",
+    "semdedup",
+    "prototypes",
+    "perplexity_filter",
+    "ask_llm_topk",
+    "ask_llm_density",
+]
+DEFAULT_RATES = [0.1, 0.2, 0.4, 0.6, 0.8]
+FULL_DATA_KEY = "full@1.00"
+
+
+def selection_key(sampler: str, rate: float) -> str:
+    return f"{sampler}@{rate:.2f}"
+
+
+def parse_selection_key(key: str) -> tuple[str, float]:
+    sampler, rate = key.rsplit("@", 1)
+    return sampler, float(rate)
+
+
+selection_partitions = dg.StaticPartitionsDefinition(
+    [selection_key(s, r) for s in DEFAULT_SAMPLERS for r in DEFAULT_RATES] + [FULL_DATA_KEY]
+)
+
+# ------------------------------------------------------------------ eval sets
+
+
+class EvalSetsConfig(dg.Config):
+    validation_fraction: float = 0.05
+    high_quality_path: str = ""  # default: $DSELECT_HOME/eval/high_quality.jsonl
+
+
+def in_validation_split(hashes: pl.Series, fraction: float) -> pl.Series:
+    """A fixed split by hash: a document never changes side as the corpus grows."""
+    bucket = hashes.str.slice(0, 8).map_elements(lambda h: int(h, 16), return_dtype=pl.UInt64)
+    return bucket < int(fraction * 2**32)
+
+
+@dg.asset(
+    deps=["documents"],
+    group_name="evaluation",
+    kinds={"duckdb", "parquet"},
+    description="Held-out sets that no selection may contain: a fixed in-distribution validation split "
+    "of the corpus (by content hash) and an external high-quality prose set.",
+)
+def eval_sets(
+    context: dg.AssetExecutionContext, config: EvalSetsConfig, store: DuckDBStore, paths: DataPaths
+) -> dg.MaterializeResult:
+    contents = pl.DataFrame(
+        store.query("SELECT content_hash, doc_id FROM contents ORDER BY content_hash"),
+        schema=["content_hash", "doc_id"],
+        orient="row",
+    )
+    validation = contents.filter(in_validation_split(contents["content_hash"], config.validation_fraction))
+    validation = validation.join(texts_for(store, validation["content_hash"].to_list()), on="content_hash")
+
+    hq_path = Path(config.high_quality_path) if config.high_quality_path else paths.root / "eval" / "high_quality.jsonl"
+    if hq_path.exists():
+        docs = [d for d in read_shard(hq_path) if isinstance(d, Document)]
+        high_quality = pl.DataFrame(
+            {"content_hash": [d.content_hash for d in docs], "doc_id": [d.doc_id for d in docs], "text": [d.text for d in docs]}
+        ).unique("content_hash", keep="first", maintain_order=True)
+    else:
+        context.log.warning(f"no high-quality eval set at {hq_path}; only the in-distribution split is used")
+        high_quality = pl.DataFrame(schema={"content_hash": pl.String, "doc_id": pl.String, "text": pl.String})
+
+    out_dir = paths.dir("eval")
+    stats = {}
+    with store.transaction() as con:
+        con.execute("DELETE FROM eval_documents")
+        for name, frame in (("in_distribution", validation), ("high_quality", high_quality)):
+            out_file = out_dir / f"{name}.parquet"
+            frame.select("content_hash", "doc_id", "text").write_parquet(out_file, compression="zstd")
+            con.register("frame", frame.select("content_hash", "doc_id").to_arrow())
+            con.execute(f"INSERT INTO eval_documents SELECT '{name}', content_hash, doc_id FROM frame")
+            con.unregister("frame")
+            register_artifact(con, out_file, "eval_set", context.run.run_id, name, None, frame.height)
+            stats[name] = frame.height
+        in_corpus = con.execute(
+            "SELECT count(*) FROM eval_documents e JOIN contents c USING (content_hash)"
+            " WHERE e.eval_set = 'high_quality'"
+        ).fetchone()[0]
+        record_run(con, context, config.model_dump(), outputs=stats)
+    return dg.MaterializeResult(
+        metadata={
+            "in_distribution_documents": stats["in_distribution"],
+            "high_quality_documents": stats["high_quality"],
+            "high_quality_source": dg.MetadataValue.path(str(hq_path)),
+            "high_quality_texts_also_in_corpus": in_corpus,
+        }
+    )
+
+
+def eval_hashes(store: DuckDBStore) -> set[str]:
+    return {r[0] for r in store.query("SELECT content_hash FROM eval_documents")}
+
+
+# ------------------------------------------------------------------ selections
+
+
+class SelectionConfig(dg.Config):
+    seed: int = 0
+    ask_llm_value: str = "value"  # value: P(yes) as in the paper; value_norm: P(yes)/(P(yes)+P(no))
+
+
+def latest_producer(store: DuckDBStore, kind: str) -> str | None:
+    rows = store.query(
+        "SELECT p.producer_id FROM producers p WHERE p.kind = ?"
+        " AND EXISTS (SELECT 1 FROM scores s WHERE s.producer_id = p.producer_id)"
+        " ORDER BY p.created_at DESC LIMIT 1",
+        [kind],
+    )
+    return rows[0][0] if rows else None
+
+
+def score_column(store: DuckDBStore, kind: str, hashes: list[str], column: str = "value") -> tuple[np.ndarray, str]:
+    """One score per eligible document from the newest producer of `kind`; NaN where unscorable."""
+    producer = latest_producer(store, kind)
+    if producer is None:
+        raise MissingUpstream(f"no {kind} scores yet; materialize the {kind} asset first")
+    with store.connect(read_only=True) as con:
+        con.register("wanted", pl.DataFrame({"content_hash": hashes}).to_arrow())
+        frame = con.execute(
+            f"SELECT w.content_hash, s.{column} AS v, s.content_hash IS NOT NULL AS present FROM wanted w"
+            " LEFT JOIN scores s ON s.content_hash = w.content_hash AND s.producer_id = ?",
+            [producer],
+        ).to_arrow_table()
+        frame = pl.from_arrow(frame)
+    frame = pl.DataFrame({"content_hash": hashes}).join(frame, on="content_hash", how="left", maintain_order="left")
+    missing = frame.filter(~pl.col("present"))
+    if missing.height:
+        raise MissingUpstream(
+            f"{missing.height} eligible documents have no {kind} score from {producer} "
+            f"(e.g. {missing['content_hash'][0]}); materialize the {kind} scores for every shard"
+        )
+    return frame["v"].cast(pl.Float64).fill_null(np.nan).to_numpy(), producer
+
+
+def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: SelectionConfig):
+    """Load exactly the signals `sampler` needs; return them and the producer ids read."""
+    needs = samplers.REQUIRED_INPUTS[sampler]
+    fields: dict = {"n": len(hashes)}
+    producers: dict[str, str] = {}
+    if "density" in needs:
+        fields["density"], producers["density"] = score_column(store, "density", hashes)
+    if "quality" in needs:
+        fields["quality"], producers["ask_llm"] = score_column(store, "ask_llm", hashes, config.ask_llm_value)
+    if "perplexity" in needs:
+        fields["perplexity"], producers["perplexity"] = score_column(store, "perplexity", hashes)
+    if needs & {"embeddings", "clusters"}:
+        rows = store.query(
+            "SELECT clustering_id FROM cluster_assignments LIMIT 1"
+        )
+        if not rows:
+            raise MissingUpstream("no clusters yet; materialize the clusters asset first")
+        producers["clusters"] = rows[0][0]
+        producers["embedding"] = latest_embedding_producer(store)
+        fields["embeddings"] = load_embeddings(store, producers["embedding"], hashes)
+        with store.connect(read_only=True) as con:
+            con.register("wanted", pl.DataFrame({"content_hash": hashes}).to_arrow())
+            assigned = con.execute(
+                "SELECT w.content_hash, a.cluster FROM wanted w LEFT JOIN cluster_assignments a USING (content_hash)"
+            ).to_arrow_table()
+            assigned = pl.from_arrow(assigned)
+        assigned = pl.DataFrame({"content_hash": hashes}).join(assigned, on="content_hash", how="left", maintain_order="left")
+        if assigned["cluster"].null_count():
+            raise MissingUpstream("some eligible documents have no cluster; re-materialize clusters")
+        fields["clusters"] = assigned["cluster"].to_numpy()
+    return samplers.SamplerInputs(**fields), producers
+
+
+def latest_embedding_producer(store: DuckDBStore) -> str:
+    rows = store.query(
+        "SELECT producer_id FROM producers WHERE kind = 'embedding' ORDER BY created_at DESC LIMIT 1"
+    )
+    if not rows:
+        raise MissingUpstream("no embeddings yet; materialize the embeddings asset first")
+    return rows[0][0]
+
+
+def export_frame(store: DuckDBStore, kept: list[str]) -> pl.DataFrame:
+    """id, content_hash, text and every available score of the kept documents, by content hash."""
+    frame = texts_for(store, kept)
+    ids = pl.DataFrame(store.query("SELECT content_hash, doc_id FROM contents"), schema=["content_hash", "id"], orient="row")
+    frame = frame.join(ids, on="content_hash", how="left")
+    for kind in ("ask_llm", "perplexity", "density"):
+        producer = latest_producer(store, kind)
+        if producer is None:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(kind))
+            continue
+        scores = pl.DataFrame(
+            store.query("SELECT content_hash, value FROM scores WHERE producer_id = ?", [producer]),
+            schema={"content_hash": pl.String, kind: pl.Float64},
+            orient="row",
+        )
+        frame = frame.join(scores, on="content_hash", how="left")
+    return frame.select("id", "content_hash", "text", "ask_llm", "perplexity", "density").sort("content_hash")
+
+
+@dg.asset(
+    partitions_def=selection_partitions,
+    deps=[
+        "density",
+        "clusters",
+        "eval_sets",
+        dg.AssetDep("ask_llm_scores", partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("perplexity_scores", partition_mapping=dg.AllPartitionMapping()),
+    ],
+    group_name="selection",
+    kinds={"duckdb", "parquet"},
+    check_specs=[
+        checks.spec("size_matches_rate", "selections", "kept == round(rate x considered)"),
+        checks.spec("export_readable", "selections", "the Parquet export opens with polars and pyarrow"),
+        checks.spec("no_eval_leak", "selections", "no held-out eval document is selected"),
+    ],
+    description="The documents a sampler keeps at a rate, with full lineage and a Parquet export "
+    "(id, content_hash, text, scores) that polars and Hugging Face datasets read as is.",
+)
+def selections(
+    context: dg.AssetExecutionContext, config: SelectionConfig, store: DuckDBStore, paths: DataPaths
+) -> dg.MaterializeResult:
+    key = context.partition_key
+    sampler, rate = parse_selection_key(key)
+    held_out = eval_hashes(store)
+    if not held_out:
+        raise dg.Failure("no evaluation sets recorded; materialize eval_sets first so they can be held out")
+    hashes = sorted(
+        r[0] for r in store.query("SELECT content_hash FROM contents") if r[0] not in held_out
+    )
+    try:
+        if sampler == "full":
+            kept_idx, producers = np.arange(len(hashes)), {}
+        else:
+            inputs, producers = sampler_inputs(store, sampler, hashes, config)
+            kept_idx = samplers.SAMPLERS[sampler](inputs, rate, config.seed)
+    except MissingUpstream as exc:
+        raise dg.Failure(f"selection {key}: {exc}") from exc
+    kept = [hashes[i] for i in kept_idx]
+    input_version = make_producer_id("input", hashes=hashes)
+    selection_id = make_producer_id(
+        "selection", sampler=sampler, rate=rate, seed=config.seed, producers=producers,
+        input_version=input_version, config=config.model_dump(),
+    )
+    export = export_frame(store, kept)
+    out_file = paths.dir("selections", key) / f"{selection_id.replace(':', '-')}.parquet"
+    export.write_parquet(out_file, compression="zstd", statistics=False)
+    export_sha = file_sha256(out_file)
+
+    with store.transaction() as con:
+        con.execute("DELETE FROM selection_members WHERE selection_id = ?", [selection_id])
+        con.register("kept", pl.DataFrame({"content_hash": kept}).to_arrow())
+        con.execute("INSERT INTO selection_members SELECT ?, content_hash FROM kept", [selection_id])
+        con.execute(
+            "INSERT OR REPLACE INTO selections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+            [
+                selection_id, key, sampler, rate, config.seed, json.dumps(config.model_dump(), sort_keys=True),
+                json.dumps(producers, sort_keys=True), input_version, len(hashes), len(kept),
+                str(out_file), export_sha, context.run.run_id,
+            ],
+        )
+        register_artifact(con, out_file, "selection_export", context.run.run_id, selection_id, key, len(kept), export_sha)
+        record_run(con, context, config.model_dump(), selection_id, outputs={"kept": len(kept), "considered": len(hashes)})
+
+    return dg.MaterializeResult(
+        metadata={
+            "selection_id": selection_id,
+            "considered": len(hashes),
+            "kept": len(kept),
+            "rejected": len(hashes) - len(kept),
+            "held_out_for_eval": len(held_out),
+            "export": dg.MetadataValue.path(str(out_file)),
+            "export_sha256": export_sha,
+            "producers": dg.MetadataValue.json(producers),
+            "kept_vs_rejected": dg.MetadataValue.md(accounting_table(store, hashes, set(kept))),
+        },
+        data_version=dg.DataVersion(export_sha),
+        check_results=[
+            checks.selection_size(sampler, rate, len(hashes), len(kept)),
+            checks.export_readable(out_file, len(kept)),
+            checks.no_eval_leak(store, selection_id),
+        ],
+    )
+
+
+def accounting_table(store: DuckDBStore, hashes: list[str], kept: set[str]) -> str:
+    """Mean of each signal over kept vs rejected documents, and cluster coverage."""
+    is_kept = np.array([h in kept for h in hashes])
+    rows = []
+    for kind in ("ask_llm", "perplexity", "density"):
+        try:
+            values, _ = score_column(store, kind, hashes)
+        except MissingUpstream:
+            continue
+        kept_mean = np.nanmean(values[is_kept]) if is_kept.any() else float("nan")
+        rejected_mean = np.nanmean(values[~is_kept]) if (~is_kept).any() else float("nan")
+        rows.append((kind, f"{kept_mean:.4g}", f"{rejected_mean:.4g}"))
+    clusters = dict(store.query("SELECT content_hash, cluster FROM cluster_assignments"))
+    if clusters:
+        all_clusters = {clusters[h] for h in hashes if h in clusters}
+        kept_clusters = {clusters[h] for h in kept if h in clusters}
+        rows.append(("clusters covered", f"{len(kept_clusters)}/{len(all_clusters)}", ""))
+    return markdown_table(["signal", "kept (mean)", "rejected (mean)"], rows)

@@ -148,10 +148,10 @@ def score_column(store: DuckDBStore, kind: str, hashes: list[str], column: str =
         raise MissingUpstream(f"no {kind} scores yet; materialize the {kind} asset first")
     with store.connect(read_only=True) as con:
         con.register("wanted", pl.DataFrame({"content_hash": hashes}).to_arrow())
-        frame = con.execute(
+        frame = con.sql(
             f"SELECT w.content_hash, s.{column} AS v, s.content_hash IS NOT NULL AS present FROM wanted w"
             " LEFT JOIN scores s ON s.content_hash = w.content_hash AND s.producer_id = ?",
-            [producer],
+            params=[producer],
         ).to_arrow_table()
         frame = pl.from_arrow(frame)
     frame = pl.DataFrame({"content_hash": hashes}).join(frame, on="content_hash", how="left", maintain_order="left")
@@ -186,7 +186,7 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: 
         fields["embeddings"] = load_embeddings(store, producers["embedding"], hashes)
         with store.connect(read_only=True) as con:
             con.register("wanted", pl.DataFrame({"content_hash": hashes}).to_arrow())
-            assigned = con.execute(
+            assigned = con.sql(
                 "SELECT w.content_hash, a.cluster FROM wanted w LEFT JOIN cluster_assignments a USING (content_hash)"
             ).to_arrow_table()
             assigned = pl.from_arrow(assigned)

@@ -29,7 +29,7 @@ def texts_for(store: DuckDBStore, content_hashes: list[str]) -> pl.DataFrame:
     wanted = pl.DataFrame({"content_hash": content_hashes})
     with store.connect(read_only=True) as con:
         con.register("wanted", wanted.to_arrow())
-        located = con.execute(
+        located = con.sql(
             "SELECT c.content_hash, c.shard, c.row_number, s.documents_file FROM contents c"
             " JOIN wanted w USING (content_hash) JOIN shards s USING (shard)"
         ).to_arrow_table()

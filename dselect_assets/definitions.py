@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from dselect_assets.assets import corpus, density, scoring, selection, training
+from dselect_assets.deployments import current_deployment, executor_for
 from dselect_assets.resources import (
     AskLLMJudgeResource,
     DataPaths,
@@ -73,6 +74,7 @@ defs = dg.Definitions(
             training.eval_metrics, training.comparison_report],
     jobs=[shard_job, corpus_job, selection_job, training_job, report_job],
     sensors=[corpus.build_corpus_sensor(shard_job)],
+    executor=executor_for(current_deployment()),
     resources={
         "paths": DataPaths(),
         "store": DuckDBStore(),

@@ -27,6 +27,7 @@ class SketchConfig(dg.Config):
     buckets: int = race_sketch.DEFAULT_BUCKETS
     bandwidth: float = race_sketch.DEFAULT_BANDWIDTH
     hashes_per_row: int = race_sketch.DEFAULT_HASHES_PER_ROW
+    pool: int = race_sketch.DEFAULT_POOL or 0  # 0: fresh projections for every row
     seed: int = race_sketch.DEFAULT_SEED
 
 
@@ -71,6 +72,7 @@ def density_sketch(
         seed=config.seed,
         embedder_id=embedding_producer,
         hashes_per_row=config.hashes_per_row,
+        pool=config.pool or None,
     )
     if len(hashes):
         sketch.add(vectors)

@@ -1,0 +1,365 @@
+"""The paper's data samplers as plain functions over per-document signals.
+
+Every sampler is ``(inputs: SamplerInputs, rate: float, seed: int) -> indices``:
+sorted, unique row indices into the corpus, exactly ``target_size(n, rate)`` of
+them (every sampler here honours the rate exactly; SemDeDup does so by choosing
+its eps, see `semdedup`). Randomness comes only from
+``numpy.random.Generator(PCG64(seed))``, so a (sampler, inputs, rate, seed)
+always gives the same selection; deterministic rankings break ties with it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+Sampler = Callable[["SamplerInputs", float, int], np.ndarray]
+
+
+@dataclass
+class SamplerInputs:
+    """Per-document signals, row i of each array describing document i.
+
+    density: kernel density score (> 0; e.g. the RACE sketch, which counts a
+    document itself, so it is >= 1). quality: higher is better (Ask-LLM
+    P(yes)). perplexity: lower is more likely. clusters: k-means assignment;
+    centroids: [k, dim] (recomputed as cluster means of `embeddings` if absent).
+    """
+
+    n: int
+    embeddings: np.ndarray | None = None
+    density: np.ndarray | None = None
+    quality: np.ndarray | None = None
+    perplexity: np.ndarray | None = None
+    clusters: np.ndarray | None = None
+    centroids: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.n) < 1:
+            raise ValueError(f"a corpus to sample from needs n >= 1 documents, got n={self.n}")
+        self.n = int(self.n)
+        for name in ("density", "quality", "perplexity"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = np.asarray(value, dtype=np.float64)
+            if value.shape != (self.n,):
+                raise ValueError(f"{name} must have shape [{self.n}], got {list(value.shape)}")
+            bad = np.flatnonzero(~np.isfinite(value))
+            if bad.size:
+                raise ValueError(f"{name} of row {int(bad[0])} is not finite ({value[bad[0]]}); {bad.size} such rows")
+            setattr(self, name, value)
+        if self.embeddings is not None:
+            emb = np.asarray(self.embeddings, dtype=np.float32)
+            if emb.ndim != 2 or emb.shape[0] != self.n:
+                raise ValueError(f"embeddings must have shape [{self.n}, dim], got {list(emb.shape)}")
+            self.embeddings = emb
+        if self.clusters is not None:
+            clusters = np.asarray(self.clusters)
+            if clusters.shape != (self.n,) or not np.issubdtype(clusters.dtype, np.integer):
+                raise ValueError(
+                    f"clusters must be integer with shape [{self.n}], got {clusters.dtype} {list(clusters.shape)}"
+                )
+            if clusters.min() < 0:
+                raise ValueError(f"cluster id of row {int(np.argmin(clusters))} is negative")
+            self.clusters = clusters.astype(np.int64)
+        if self.centroids is not None:
+            self.centroids = np.asarray(self.centroids, dtype=np.float32)
+
+    def need(self, sampler: str, *names: str) -> None:
+        missing = [name for name in names if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"sampler {sampler!r} needs {', '.join(missing)}, which the inputs lack")
+
+
+def target_size(n: int, rate: float) -> int:
+    """round(rate * n) (halves up), at least 1; rate must lie in (0, 1]."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
+        raise ValueError(f"rate must be a number in (0, 1], got {rate!r}")
+    if not (0.0 < float(rate) <= 1.0):
+        raise ValueError(f"rate must be in (0, 1], got {rate!r}")
+    return max(1, min(n, math.floor(float(rate) * n + 0.5)))
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def _top(keys: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of the k largest keys; exact ties broken at random."""
+    order = np.lexsort((rng.random(keys.shape[0]), -keys))
+    return np.sort(order[:k])
+
+
+def _gumbel_top(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k indices sampled without replacement with probability proportional to exp(log_weights).
+
+    Gumbel-top-k: the k largest log w_i + G_i (G_i iid standard Gumbel) are
+    distributed as k successive draws without replacement, each ∝ w_i among the
+    rest (Plackett-Luce), the same as Efraimidis-Spirakis keys u^(1/w).
+    """
+    return _top(log_weights + rng.gumbel(size=log_weights.shape[0]), k, rng)
+
+
+# ---------------------------------------------------------------- samplers
+
+
+def random_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """Uniform without replacement."""
+    k = target_size(inputs.n, rate)
+    return np.sort(_rng(seed).choice(inputs.n, size=k, replace=False))
+
+
+def _positive_density(inputs: SamplerInputs, sampler: str) -> np.ndarray:
+    inputs.need(sampler, "density")
+    density = inputs.density
+    bad = np.flatnonzero(density <= 0)
+    if bad.size:
+        raise ValueError(f"{sampler}: density of row {int(bad[0])} is {density[bad[0]]}; densities must be > 0")
+    return density
+
+
+def density_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """Inverse propensity sampling (paper Algorithm 2): keep x with probability ∝ 1/density(x).
+
+    Without replacement (Gumbel-top-k on -log density), so sparse regions are
+    kept and dense regions thinned, flattening the sample toward uniform over
+    the embedding space. Weighting by density itself would do the opposite.
+    """
+    density = _positive_density(inputs, "density")
+    return _gumbel_top(-np.log(density), target_size(inputs.n, rate), _rng(seed))
+
+
+def density_topk_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """Keep the densest documents (the paper's losing 'top-k' ablation)."""
+    density = _positive_density(inputs, "density_topk")
+    return _top(density, target_size(inputs.n, rate), _rng(seed))
+
+
+def density_bottomk_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """Keep the sparsest documents (the paper's losing 'bottom-k' ablation)."""
+    density = _positive_density(inputs, "density_bottomk")
+    return _top(-density, target_size(inputs.n, rate), _rng(seed))
+
+
+def perplexity_filter_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """Keep the documents the LM finds most likely (lowest perplexity)."""
+    inputs.need("perplexity_filter", "perplexity")
+    return _top(-inputs.perplexity, target_size(inputs.n, rate), _rng(seed))
+
+
+def ask_llm_topk_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """Keep the documents the judge scores highest (paper Algorithm 1)."""
+    inputs.need("ask_llm_topk", "quality")
+    return _top(inputs.quality, target_size(inputs.n, rate), _rng(seed))
+
+
+def ask_llm_density_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """Quality gate, then coverage: Ask-LLM top sqrt(rate) of the corpus, then IPS inside it.
+
+    Rule: keep the top m = round(sqrt(rate) * n) documents by quality (at least
+    k), then draw k = round(rate * n) of them without replacement with
+    probability ∝ 1/density (as `density_sampler`). Each step keeps a
+    sqrt(rate) share, so the rejection is split evenly (in log terms) between
+    "is it informative" and "is it redundant": at rate 0.2 the gate keeps the
+    best 45% and IPS thins that to 20%, dropping near-duplicate good text
+    rather than unique good text; at rate 1 everything is kept.
+    """
+    inputs.need("ask_llm_density", "quality", "density")
+    density = _positive_density(inputs, "ask_llm_density")
+    k = target_size(inputs.n, rate)
+    pool_size = max(k, min(inputs.n, math.floor(math.sqrt(float(rate)) * inputs.n + 0.5)))
+    rng = _rng(seed)
+    pool = _top(inputs.quality, pool_size, rng)
+    return np.sort(pool[_gumbel_top(-np.log(density[pool]), k, rng)])
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _cluster_centroids(inputs: SamplerInputs) -> np.ndarray:
+    n_clusters = int(inputs.clusters.max()) + 1
+    if inputs.centroids is not None:
+        if inputs.centroids.ndim != 2 or inputs.centroids.shape[0] < n_clusters:
+            raise ValueError(
+                f"centroids must have >= {n_clusters} rows (largest cluster id {n_clusters - 1}), "
+                f"got shape {list(inputs.centroids.shape)}"
+            )
+        return inputs.centroids
+    sums = np.zeros((n_clusters, inputs.embeddings.shape[1]), dtype=np.float64)
+    np.add.at(sums, inputs.clusters, inputs.embeddings)
+    sizes = np.bincount(inputs.clusters, minlength=n_clusters)
+    return (sums / np.maximum(sizes, 1)[:, None]).astype(np.float32)
+
+
+def semdedup_max_similarity(inputs: SamplerInputs, block: int = 1024) -> np.ndarray:
+    """For each document, its highest cosine similarity to an earlier document of its cluster.
+
+    Within a cluster documents are ordered by decreasing distance to the
+    centroid (SemDeDup keeps the least prototypical copy of a duplicate group),
+    ties by index; the first document of each cluster gets -inf. SemDeDup with
+    threshold eps removes exactly the documents whose value exceeds 1 - eps.
+    """
+    inputs.need("semdedup", "embeddings", "clusters")
+    unit = _unit_rows(inputs.embeddings)
+    centroids = _cluster_centroids(inputs)
+    to_centroid = np.linalg.norm(inputs.embeddings - centroids[inputs.clusters], axis=1)
+    best = np.full(inputs.n, -np.inf)
+    order = np.lexsort((np.arange(inputs.n), -to_centroid, inputs.clusters))
+    starts = np.flatnonzero(np.r_[True, np.diff(inputs.clusters[order]) != 0])
+    for start, stop in zip(starts, np.r_[starts[1:], inputs.n]):
+        members = order[start:stop]
+        vectors = unit[members]
+        for col in range(1, len(members), block):
+            cols = slice(col, min(col + block, len(members)))
+            # similarities of block columns j to all earlier rows i < j
+            sims = vectors[: cols.stop] @ vectors[cols].T
+            earlier = np.arange(cols.stop)[:, None] < np.arange(cols.start, cols.stop)[None, :]
+            sims[~earlier] = -np.inf
+            best[members[cols]] = sims.max(axis=0)
+    return best
+
+
+def semdedup_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """SemDeDup at the eps that keeps exactly round(rate * n) documents.
+
+    Removing documents whose max similarity to an earlier cluster-mate exceeds
+    1 - eps is monotone in eps, so keeping the k lowest values of
+    `semdedup_max_similarity` is SemDeDup with eps = 1 - (k-th lowest value);
+    documents tied at that value are chosen at random. Near-duplicates
+    (similarity ~1) are the first to go.
+    """
+    inputs.need("semdedup", "embeddings", "clusters")
+    similarity = semdedup_max_similarity(inputs)
+    return _top(-similarity, target_size(inputs.n, rate), _rng(seed))
+
+
+def prototypes_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """SSL Prototypes: in each cluster keep the documents farthest from the centroid.
+
+    Each cluster keeps its share rate * size (largest-remainder rounding, ties
+    at random) so the total is exactly round(rate * n); the most prototypical
+    (nearest-centroid) documents are dropped first.
+    """
+    inputs.need("prototypes", "embeddings", "clusters")
+    k = target_size(inputs.n, rate)
+    rng = _rng(seed)
+    centroids = _cluster_centroids(inputs)
+    to_centroid = np.linalg.norm(inputs.embeddings - centroids[inputs.clusters], axis=1)
+    sizes = np.bincount(inputs.clusters)
+    share = sizes * (k / inputs.n)
+    quota = np.floor(share).astype(np.int64)
+    remainder_order = np.lexsort((rng.random(sizes.shape[0]), -(share - quota)))
+    quota[remainder_order[: k - int(quota.sum())]] += 1
+    # rank inside each cluster by distance, farthest first
+    order = np.lexsort((rng.random(inputs.n), -to_centroid, inputs.clusters))
+    first_of_cluster = np.r_[0, np.cumsum(sizes)[:-1]]
+    rank = np.empty(inputs.n, dtype=np.int64)
+    rank[order] = np.arange(inputs.n) - first_of_cluster[inputs.clusters[order]]
+    return np.flatnonzero(rank < quota[inputs.clusters])
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "random": random_sampler,
+    "density": density_sampler,
+    "density_topk": density_topk_sampler,
+    "density_bottomk": density_bottomk_sampler,
+    "semdedup": semdedup_sampler,
+    "prototypes": prototypes_sampler,
+    "perplexity_filter": perplexity_filter_sampler,
+    "ask_llm_topk": ask_llm_topk_sampler,
+    "ask_llm_density": ask_llm_density_sampler,
+}
+
+# The SamplerInputs fields each sampler reads ("clusters" also implies embeddings).
+REQUIRED_INPUTS: dict[str, frozenset[str]] = {
+    "random": frozenset(),
+    "density": frozenset({"density"}),
+    "density_topk": frozenset({"density"}),
+    "density_bottomk": frozenset({"density"}),
+    "semdedup": frozenset({"embeddings", "clusters"}),
+    "prototypes": frozenset({"embeddings", "clusters"}),
+    "perplexity_filter": frozenset({"perplexity"}),
+    "ask_llm_topk": frozenset({"quality"}),
+    "ask_llm_density": frozenset({"quality", "density"}),
+}
+
+
+def select(name: str, inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """Run the registered sampler `name`."""
+    try:
+        sampler = SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(sorted(SAMPLERS))}") from None
+    return sampler(inputs, rate, seed)
+
+
+# ------------------------------------------------------- the paper's 19 samplers
+
+
+@dataclass(frozen=True)
+class PaperSampler:
+    """One of the paper's 19 sampler configurations and what stands in for it here.
+
+    scorer_key: "<signal>:<model role>" naming the scores the sampler reads
+    (None for random). stand_in: the local model used instead of paper_model;
+    several paper models share one stand-in on this machine, which says so.
+    """
+
+    name: str
+    sampler: str
+    scorer_key: str | None
+    paper_model: str
+    stand_in: str
+
+
+# Stand-in labels are the ModelSpec names in core/models.py.
+_EMBEDDER = "embedding:all-minilm-l6-v2"
+_EMBEDDER_NOTE = "all-MiniLM-L6-v2 (384-d) instead of Sentence-T5-Base (768-d)"
+_SMALL_LM = "smollm2-135m-instruct-raw"  # SmolLM2-135M-Instruct scored as a plain LM (no chat template)
+_LARGE_LM = "gemma3-270m"  # Gemma 3 270M base
+_JUDGE = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct with its chat template
+_SHARED = ("; the only local LMs are SmolLM2-135M-Instruct and Gemma-3-270M base, "
+           "so several paper sizes share this stand-in")
+
+PAPER_SAMPLERS: list[PaperSampler] = [
+    PaperSampler("random", "random", None, "none", "none"),
+    PaperSampler("density", "density", _EMBEDDER, "Sentence-T5-Base + RACE sketch", _EMBEDDER_NOTE),
+    PaperSampler("semdedup", "semdedup", _EMBEDDER, "Sentence-T5-Base + k-means (10k clusters)",
+                 _EMBEDDER_NOTE + "; ~sqrt(n) clusters"),
+    PaperSampler("prototypes", "prototypes", _EMBEDDER, "Sentence-T5-Base + k-means (10k clusters)",
+                 _EMBEDDER_NOTE + "; ~sqrt(n) clusters"),
+    # Perplexity filter, 5 LM sizes: the two smaller map to the smaller local LM.
+    *[
+        PaperSampler(f"perplexity_t5{size.lower()}", "perplexity_filter", f"perplexity:{lm}", f"T5-{size}",
+                     lm + _SHARED)
+        for size, lm in [("Small", _SMALL_LM), ("Base", _SMALL_LM), ("Large", _LARGE_LM),
+                         ("XL", _LARGE_LM), ("XXL", _LARGE_LM)]
+    ],
+    # Perplexity filter, 5 checkpoints of T5-Large: no intermediate checkpoints
+    # of a local LM exist offline, so all five use the final weights. The
+    # method notes give only the range (20k..700k steps); the three middle
+    # step counts are placeholders for "evenly between".
+    *[
+        PaperSampler(f"perplexity_t5large_{step}", "perplexity_filter", f"perplexity:{_LARGE_LM}",
+                     f"T5-Large checkpoint at {step} steps"
+                     + ("" if step in ("20k", "700k") else " (placeholder step)"),
+                     _LARGE_LM + " final weights; no intermediate checkpoints exist offline, "
+                     "so all five checkpoints share this stand-in")
+        for step in ("20k", "100k", "300k", "500k", "700k")
+    ],
+    # Ask-LLM, 5 judge sizes: the instruction-tuned SmolLM2 for the two small
+    # Flan-T5s; Gemma 3 270M (larger, but a base model, prompted without a chat
+    # template) for the three large ones.
+    *[
+        PaperSampler(f"ask_llm_flant5{size.lower()}", "ask_llm_topk", f"ask_llm:{judge}", f"Flan-T5-{size}",
+                     judge + _SHARED)
+        for size, judge in [("Small", _JUDGE), ("Base", _JUDGE), ("Large", _LARGE_LM),
+                            ("XL", _LARGE_LM), ("XXL", _LARGE_LM)]
+    ],
+]

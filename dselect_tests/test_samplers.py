@@ -1,0 +1,259 @@
+"""Samplers: rates, determinism, and that each one selects what its definition says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dselect_assets.core import samplers
+from dselect_assets.core.clustering import default_k, kmeans
+from dselect_assets.core.race_sketch import RaceSketch
+from dselect_assets.core.samplers import (
+    PAPER_SAMPLERS,
+    REQUIRED_INPUTS,
+    SAMPLERS,
+    SamplerInputs,
+    _gumbel_top,
+    _rng,
+    semdedup_max_similarity,
+    target_size,
+)
+
+DIM = 32
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def full_inputs() -> SamplerInputs:
+    """Every signal present, on a small clustered corpus."""
+    rng = np.random.default_rng([0, 99])
+    n = 600
+    centres = unit(rng.standard_normal((6, DIM)))
+    label = rng.integers(0, 6, size=n)
+    emb = unit(centres[label] + 0.4 * rng.standard_normal((n, DIM)) / np.sqrt(DIM) * 4)
+    clusters = kmeans(emb, k=6, seed=0)
+    density = RaceSketch.empty(DIM, rows=64, bandwidth=1.0, hashes_per_row=4).add(emb).query(emb)
+    return SamplerInputs(
+        n=n,
+        embeddings=emb,
+        density=density,
+        quality=rng.random(n),
+        perplexity=rng.lognormal(3.0, 0.5, size=n),
+        clusters=clusters.assignment,
+        centroids=clusters.centroids,
+    )
+
+
+# ---------------------------------------------------- inverse propensity
+
+
+def two_cluster_mix(n: int = 4000, minority: float = 0.1, seed: int = 0) -> tuple[SamplerInputs, np.ndarray]:
+    """90/10 mix of two tight, far-apart clusters; density from the RACE sketch."""
+    # not the samplers' stream: PCG64(seed) here would correlate data and draws
+    rng = np.random.default_rng([seed, 99])
+    is_minority = rng.random(n) < minority
+    centres = unit(rng.standard_normal((2, DIM)))
+    emb = unit(centres[is_minority.astype(int)] + 0.3 * rng.standard_normal((n, DIM)) / np.sqrt(DIM))
+    density = RaceSketch.empty(DIM, rows=128, bandwidth=1.0, hashes_per_row=4, seed=seed).add(emb).query(emb)
+    return SamplerInputs(n=n, embeddings=emb, density=density), is_minority
+
+
+def minority_share(selected: np.ndarray, is_minority: np.ndarray) -> float:
+    return float(is_minority[selected].mean())
+
+
+def flattens_toward_uniform(share: float) -> bool:
+    """The coverage criterion: a 90/10 mix comes out within 0.15 of 50/50."""
+    return abs(share - 0.5) < 0.15
+
+
+def density_proportional_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """The classic mistake: weights ∝ density instead of 1/density."""
+    return _gumbel_top(np.log(inputs.density), target_size(inputs.n, rate), _rng(seed))
+
+
+def test_inverse_propensity_flattens_a_90_10_mix():
+    inputs, is_minority = two_cluster_mix()
+    for seed in range(3):
+        ips = minority_share(SAMPLERS["density"](inputs, 0.1, seed), is_minority)
+        uniform = minority_share(SAMPLERS["random"](inputs, 0.1, seed), is_minority)
+        assert flattens_toward_uniform(ips), ips
+        assert not flattens_toward_uniform(uniform), uniform
+        assert abs(ips - 0.5) < abs(uniform - 0.5) / 3
+
+
+def test_density_proportional_sampling_fails_the_same_criterion():
+    inputs, is_minority = two_cluster_mix()
+    share = minority_share(density_proportional_sampler(inputs, 0.1, 0), is_minority)
+    assert not flattens_toward_uniform(share)
+    assert share < is_minority.mean()  # it concentrates on the majority, the opposite of IPS
+
+
+def test_inverse_propensity_inclusion_follows_inverse_density():
+    """Exactly ∝ 1/density for a single draw: check the empirical first-draw frequencies."""
+    density = np.array([1.0, 2.0, 4.0, 8.0])
+    inputs = SamplerInputs(n=4, density=density)
+    counts = np.bincount([SAMPLERS["density"](inputs, 0.25, seed)[0] for seed in range(4000)], minlength=4)
+    expected = (1 / density) / (1 / density).sum()
+    np.testing.assert_allclose(counts / counts.sum(), expected, atol=0.03)
+
+
+# ----------------------------------------------------------- contracts
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("rate", [0.01, 0.1, 0.25, 0.5, 0.8, 0.999, 1.0])
+def test_every_sampler_honours_its_rate(full_inputs, name, rate):
+    selected = SAMPLERS[name](full_inputs, rate, 7)
+    assert len(selected) == target_size(full_inputs.n, rate)
+    assert selected.dtype.kind == "i"
+    assert np.all(np.diff(selected) > 0)  # sorted and unique
+    assert selected[0] >= 0 and selected[-1] < full_inputs.n
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_is_deterministic_per_seed(full_inputs, name):
+    np.testing.assert_array_equal(SAMPLERS[name](full_inputs, 0.3, 3), SAMPLERS[name](full_inputs, 0.3, 3))
+
+
+@pytest.mark.parametrize("name", ["random", "density", "ask_llm_density"])
+def test_random_samplers_differ_across_seeds(full_inputs, name):
+    assert not np.array_equal(SAMPLERS[name](full_inputs, 0.3, 1), SAMPLERS[name](full_inputs, 0.3, 2))
+
+
+def test_target_size_rounds_and_rejects_bad_rates():
+    assert target_size(10, 0.25) == 3  # 2.5 rounds half up
+    assert target_size(1000, 0.001) == 1
+    assert target_size(5, 0.01) == 1  # never empty
+    assert target_size(7, 1.0) == 7
+    for bad in (0.0, -0.1, 1.01, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="rate"):
+            target_size(10, bad)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_missing_inputs_are_named(name):
+    needed = REQUIRED_INPUTS[name]
+    if not needed:
+        return
+    with pytest.raises(ValueError, match=sorted(needed)[0]):
+        SAMPLERS[name](SamplerInputs(n=50), 0.5, 0)
+
+
+def test_bad_inputs_are_rejected_with_the_row():
+    quality = np.ones(20)
+    quality[13] = np.nan
+    with pytest.raises(ValueError, match="quality of row 13"):
+        SamplerInputs(n=20, quality=quality)
+    with pytest.raises(ValueError, match=r"density must have shape \[20\]"):
+        SamplerInputs(n=20, density=np.ones(19))
+    with pytest.raises(ValueError, match="row 4 is 0"):
+        SAMPLERS["density"](SamplerInputs(n=20, density=np.r_[np.ones(4), 0.0, np.ones(15)]), 0.5, 0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        samplers.select("best", SamplerInputs(n=20), 0.5, 0)
+
+
+# ----------------------------------------------------------- rankings
+
+
+def test_rank_samplers_keep_the_right_end(full_inputs):
+    k = target_size(full_inputs.n, 0.2)
+    top_quality = np.sort(np.argsort(-full_inputs.quality)[:k])
+    low_ppl = np.sort(np.argsort(full_inputs.perplexity)[:k])
+    dense = np.sort(np.argsort(-full_inputs.density, kind="stable")[:k])
+    np.testing.assert_array_equal(SAMPLERS["ask_llm_topk"](full_inputs, 0.2, 0), top_quality)
+    np.testing.assert_array_equal(SAMPLERS["perplexity_filter"](full_inputs, 0.2, 0), low_ppl)
+    kept_dense = SAMPLERS["density_topk"](full_inputs, 0.2, 0)
+    kept_sparse = SAMPLERS["density_bottomk"](full_inputs, 0.2, 0)
+    assert full_inputs.density[kept_dense].min() >= np.sort(full_inputs.density)[-k]
+    assert full_inputs.density[kept_sparse].max() <= np.sort(full_inputs.density)[k - 1]
+    assert len(np.intersect1d(kept_dense, dense)) >= k - 5  # only exact ties may differ
+
+
+def test_ask_llm_density_keeps_good_and_sparse(full_inputs):
+    rate = 0.2
+    kept = SAMPLERS["ask_llm_density"](full_inputs, rate, 0)
+    pool = SAMPLERS["ask_llm_topk"](full_inputs, np.sqrt(rate), 0)
+    assert np.isin(kept, pool).all()  # never below the quality gate
+    dropped = np.setdiff1d(pool, kept)
+    # inside the gate, IPS keeps the sparser documents more often
+    assert np.median(full_inputs.density[kept]) < np.median(full_inputs.density[dropped])
+
+
+# ------------------------------------------------------ SemDeDup, Prototypes
+
+
+def test_semdedup_removes_planted_near_duplicates_first():
+    rng = np.random.default_rng([4, 99])
+    base = unit(rng.standard_normal((300, DIM)))
+    originals = rng.choice(300, size=40, replace=False)
+    copies = unit(base[originals] + 0.01 * rng.standard_normal((40, DIM)))
+    emb = np.vstack([base, copies])
+    clusters = kmeans(emb, k=8, seed=0)
+    inputs = SamplerInputs(n=len(emb), embeddings=emb, clusters=clusters.assignment, centroids=clusters.centroids)
+    kept = SAMPLERS["semdedup"](inputs, 300 / 340, 0)
+    dropped = np.setdiff1d(np.arange(340), kept)
+    pair_of = {int(o): 300 + i for i, o in enumerate(originals)}
+    # exactly one of each planted pair went, and nothing else
+    assert len(dropped) == 40
+    for original, copy in pair_of.items():
+        assert (original in dropped) != (copy in dropped)
+    similarity = semdedup_max_similarity(inputs)
+    assert similarity[dropped].min() > 0.99 > np.sort(similarity)[-41]
+
+
+def test_prototypes_drops_the_points_nearest_each_centroid(full_inputs):
+    kept = SAMPLERS["prototypes"](full_inputs, 0.4, 0)
+    distance = np.linalg.norm(full_inputs.embeddings - full_inputs.centroids[full_inputs.clusters], axis=1)
+    is_kept = np.isin(np.arange(full_inputs.n), kept)
+    for cluster in np.unique(full_inputs.clusters):
+        members = full_inputs.clusters == cluster
+        kept_d, dropped_d = distance[members & is_kept], distance[members & ~is_kept]
+        assert abs(len(kept_d) - 0.4 * members.sum()) <= 1  # each cluster keeps its share
+        if len(kept_d) and len(dropped_d):
+            assert kept_d.min() >= dropped_d.max()
+
+
+def test_prototypes_and_semdedup_work_without_given_centroids(full_inputs):
+    bare = SamplerInputs(n=full_inputs.n, embeddings=full_inputs.embeddings, clusters=full_inputs.clusters)
+    for name in ("prototypes", "semdedup"):
+        assert len(SAMPLERS[name](bare, 0.5, 0)) == target_size(bare.n, 0.5)
+
+
+# --------------------------------------------------------------- clustering
+
+
+def test_kmeans_is_deterministic_and_sized_from_n(full_inputs):
+    first = kmeans(full_inputs.embeddings, seed=1)
+    again = kmeans(full_inputs.embeddings, seed=1)
+    assert first.k == default_k(full_inputs.n) == round(np.sqrt(full_inputs.n))
+    np.testing.assert_array_equal(first.assignment, again.assignment)
+    np.testing.assert_array_equal(first.centroids, again.centroids)
+    expected = np.linalg.norm(full_inputs.embeddings - first.centroids[first.assignment], axis=1)
+    np.testing.assert_allclose(first.distance, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="k must be"):
+        kmeans(full_inputs.embeddings, k=full_inputs.n + 1)
+
+
+# --------------------------------------------------------- paper's samplers
+
+
+def test_paper_samplers_cover_the_nineteen():
+    assert len(PAPER_SAMPLERS) == 19
+    assert len({p.name for p in PAPER_SAMPLERS}) == 19
+    families = [p.sampler for p in PAPER_SAMPLERS]
+    assert families.count("perplexity_filter") == 10
+    assert families.count("ask_llm_topk") == 5
+    assert {"random", "density", "semdedup", "prototypes"} <= set(families)
+    for config in PAPER_SAMPLERS:
+        assert config.sampler in SAMPLERS
+        assert config.stand_in and config.paper_model
+        needs_scores = REQUIRED_INPUTS[config.sampler] & {"quality", "perplexity"}
+        if needs_scores:
+            assert config.scorer_key.split(":")[0] in {"ask_llm", "perplexity"}
+    shared = [p for p in PAPER_SAMPLERS if p.sampler == "ask_llm_topk"]
+    assert len({p.scorer_key for p in shared}) < len(shared)  # several sizes share a stand-in...
+    assert all("share" in p.stand_in for p in shared)  # ...and say so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,6 +54,21 @@ report_job = dg.define_asset_job(
 )
 
 
+
+@dg.schedule(
+    job=selection_job,
+    cron_schedule=os.environ.get("DSELECT_RESELECT_CRON", "0 3 * * *"),
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Re-select every (sampler, rate) over the current corpus; cron from DSELECT_RESELECT_CRON.",
+)
+def reselect_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
+    return [
+        dg.RunRequest(run_key=f"{key}:{tick}", partition_key=key)
+        for key in selection.selection_partitions.get_partition_keys()
+    ]
+
+
 @dataclass(frozen=True)
 class PipelineStage:
     """One job of the end-to-end run and the partitions it runs over ([None]: unpartitioned)."""
@@ -74,6 +90,7 @@ defs = dg.Definitions(
             training.eval_metrics, training.comparison_report],
     jobs=[shard_job, corpus_job, selection_job, training_job, report_job],
     sensors=[corpus.build_corpus_sensor(shard_job)],
+    schedules=[reselect_schedule],
     executor=executor_for(current_deployment()),
     resources={
         "paths": DataPaths(),

@@ -93,6 +93,7 @@ def density_sketch(
 @dg.asset(
     deps=["density_sketch"],
     group_name="coverage",
+    automation_condition=dg.AutomationCondition.eager(),
     kinds={"duckdb"},
     check_specs=[checks.spec("sketch_counts_every_document", "density", "merged sketch count == distinct documents")],
     description="Kernel density of every document from the merged shard sketches (paper Algorithm 2, pass 2).",
@@ -162,6 +163,7 @@ class ClusterConfig(dg.Config):
 @dg.asset(
     deps=["embeddings"],
     group_name="coverage",
+    automation_condition=dg.AutomationCondition.eager(),
     kinds={"duckdb"},
     description="faiss k-means over all embeddings; each document's cluster and distance to its centroid "
     "(used by SemDeDup and SSL Prototypes).",

@@ -67,6 +67,7 @@ def in_validation_split(hashes: pl.Series, fraction: float) -> pl.Series:
 @dg.asset(
     deps=["documents"],
     group_name="evaluation",
+    automation_condition=dg.AutomationCondition.eager(),
     kinds={"duckdb", "parquet"},
     description="Held-out sets that no selection may contain: a fixed in-distribution validation split "
     "of the corpus (by content hash) and an external high-quality prose set.",
@@ -235,6 +236,7 @@ def export_frame(store: DuckDBStore, kept: list[str]) -> pl.DataFrame:
         dg.AssetDep("perplexity_scores", partition_mapping=dg.AllPartitionMapping()),
     ],
     group_name="selection",
+    automation_condition=dg.AutomationCondition.eager(),
     kinds={"duckdb", "parquet"},
     check_specs=[
         checks.spec("size_matches_rate", "selections", "kept == round(rate x considered)"),

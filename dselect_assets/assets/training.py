@@ -65,10 +65,10 @@ def lm_tokenizer_file(
 
 class TrainingConfig(dg.Config):
     token_budget: int = train.DEFAULT_TOKEN_BUDGET
-    batch_size: int = 16
-    learning_rate: float = 2e-3
+    batch_size: int = train.TrainConfig().batch_size
+    learning_rate: float = train.TrainConfig().learning_rate
     seed: int = 0
-    checkpoint_every: int = 100
+    checkpoint_every: int = train.TrainConfig().checkpoint_every
 
 
 def latest_selection(store: DuckDBStore, key: str) -> tuple[str, str]:

@@ -29,6 +29,7 @@ DEFAULT_MAX_DOCUMENT_BYTES = 1_000_000
 _EXCERPT_CHARS = 120
 _BATCH_ROWS = 2048
 _PARAGRAPH_BREAK = re.compile(rb"\n[ \t\r\f\v]*\n")
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 DOCUMENTS_SCHEMA = pa.schema(
     [
@@ -84,7 +85,8 @@ def shard_format(path: Path) -> str:
 def _excerpt(raw: bytes | str) -> str:
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
-    raw = raw.replace("\n", "\\n")
+    # Lone surrogates cannot be stored (Arrow, DuckDB); show them escaped.
+    raw = raw.encode("utf-8", errors="backslashreplace").decode("utf-8").replace("\n", "\\n")
     return raw[:_EXCERPT_CHARS] + ("…" if len(raw) > _EXCERPT_CHARS else "")
 
 
@@ -93,6 +95,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object, bytes]]:
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             stripped = raw.strip()
+            if line_number == 1 and stripped.startswith(_UTF8_BOM):
+                stripped = stripped[len(_UTF8_BOM):].strip()  # RFC 8259: a reader may ignore a BOM
             if not stripped:
                 continue
             try:
@@ -108,8 +112,14 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object, bytes]]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield line_number, Rejection(
-                    line_number, f"malformed JSON: {exc.msg} at column {exc.colno}", _excerpt(line)
+                    line_number, f"malformed JSON: {exc.msg} (column {exc.colno})", _excerpt(line)
                 ), raw
+                continue
+            except RecursionError:
+                yield line_number, Rejection(line_number, "malformed JSON: nested too deeply", _excerpt(line)), raw
+                continue
+            except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits()
+                yield line_number, Rejection(line_number, f"malformed JSON: {exc}", _excerpt(line)), raw
                 continue
             if not isinstance(record, dict):
                 yield line_number, Rejection(
@@ -185,11 +195,21 @@ def read_shard(
         raise ShardReadError(f"{path}: cannot be read: {exc}") from exc
 
 
+def _is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _validate(
     record: dict, row_number: int, path: Path, seen_ids: dict[str, int], max_document_bytes: int
 ) -> Document | Rejection:
     raw_id = record.get("id")
     doc_id = None if raw_id is None else str(raw_id)
+    if doc_id is not None and not _is_valid_unicode(doc_id):
+        return Rejection(row_number, "'id' contains unpaired surrogates (not valid Unicode)", _excerpt(doc_id))
     if "text" not in record:
         return Rejection(row_number, "missing 'text' field", _excerpt(json.dumps(record)[:200]), doc_id)
     text = record["text"]
@@ -212,9 +232,7 @@ def _validate(
             _excerpt(text),
             doc_id,
         )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not _is_valid_unicode(text):
         return Rejection(row_number, "text contains unpaired surrogates (not valid Unicode)", "", doc_id)
     if doc_id is None:
         doc_id = f"{path.name}:{row_number}"

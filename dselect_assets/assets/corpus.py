@@ -2,12 +2,13 @@
 
 import json
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
-from dselect_assets.assets.common import markdown_table, record_run, register_artifact, shards
+from dselect_assets.assets.common import insert_frame, markdown_table, record_run, register_artifact, shards
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.ingest import (
     DEFAULT_MAX_DOCUMENT_BYTES,
@@ -111,10 +112,11 @@ def documents(
             [shard, str(out_file)],
         )
         if rejections:
-            con.executemany(
-                "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, now(), ?)",
-                [(shard, row, doc_id, reason, excerpt, context.run.run_id) for row, doc_id, reason, excerpt in rejections],
-            )
+            rows = pl.DataFrame(rejections, schema=["row_number", "doc_id", "reason", "excerpt"], orient="row")
+            insert_frame(con, "quarantine", rows.select(
+                pl.lit(shard).alias("shard"), "row_number", "doc_id", "reason", "excerpt",
+                pl.lit(datetime.now()).alias("recorded_at"), pl.lit(context.run.run_id).alias("run_id"),
+            ))
         n_duplicates = con.execute(
             "SELECT count(*) FROM documents d WHERE d.shard = ? AND EXISTS ("
             " SELECT 1 FROM documents e WHERE e.content_hash = d.content_hash AND"

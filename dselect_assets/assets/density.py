@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import record_run, register_artifact, shards
+from dselect_assets.assets.common import insert_frame, record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
 from dselect_assets.assets.scoring import load_model, register_producer
 from dselect_assets.assets.shard_reader import load_embeddings
@@ -133,10 +133,14 @@ def density(
         values = merged.query(load_embeddings(store, embedding_producer, hashes))
         all_values.append(values)
         with store.transaction() as con:
-            con.executemany(
-                "INSERT INTO scores VALUES (?, ?, ?, NULL, NULL, ?)",
-                [(h, producer, float(v), context.run.run_id) for h, v in zip(hashes, values)],
-            )
+            insert_frame(con, "scores", pl.DataFrame({
+                "content_hash": hashes,
+                "producer_id": producer,
+                "value": values,
+                "value_norm": pl.Series([None] * len(hashes), dtype=pl.Float64),
+                "problem": pl.Series([None] * len(hashes), dtype=pl.String),
+                "run_id": context.run.run_id,
+            }))
     values = np.concatenate(all_values)
     with store.transaction() as con:
         register_artifact(con, merged_file, "density_sketch_merged", context.run.run_id, producer, None, merged.n_docs)
@@ -193,8 +197,7 @@ def clusters(
     })
     with store.transaction() as con:
         con.execute("DELETE FROM cluster_assignments")
-        con.register("frame", frame.to_arrow())
-        con.execute("INSERT INTO cluster_assignments SELECT * FROM frame")
+        insert_frame(con, "cluster_assignments", frame)
         register_artifact(con, centroid_file, "centroids", context.run.run_id, clustering_id, None, result.k)
         record_run(con, context, config.model_dump(), clustering_id, outputs={"k": result.k, "n": len(hashes)})
     sizes = np.bincount(result.assignment, minlength=result.k)

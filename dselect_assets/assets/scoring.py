@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import record_run, register_artifact, shards
+from dselect_assets.assets.common import insert_frame, record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
 from dselect_assets.assets.shard_reader import load_embeddings, shard_texts
 from dselect_assets.core.hashing import producer_id as make_producer_id
@@ -98,19 +98,18 @@ def _score_shard(
         values = np.asarray(score_fn(chunk["text"].to_list()), dtype=np.float64)
         value = values[:, 0] if values.ndim == 2 else values
         norm = values[:, 1] if values.ndim == 2 else np.full(len(value), np.nan)
-        rows = [
-            (
-                h,
-                producer,
-                None if np.isnan(v) else float(v),
-                None if np.isnan(n) else float(n),
-                "could not be scored (tokenizes to too few tokens)" if np.isnan(v) else None,
-                context.run.run_id,
-            )
-            for h, v, n in zip(chunk["content_hash"].to_list(), value, norm)
-        ]
+        unscorable = np.isnan(value)
+        rows = pl.DataFrame({
+            "content_hash": chunk["content_hash"],
+            "producer_id": producer,
+            "value": pl.Series(value, dtype=pl.Float64).fill_nan(None),
+            "value_norm": pl.Series(norm, dtype=pl.Float64).fill_nan(None),
+            "problem": pl.Series(np.where(unscorable, "could not be scored (tokenizes to too few tokens)", None),
+                                 dtype=pl.String),
+            "run_id": context.run.run_id,
+        })
         with store.transaction() as con:
-            con.executemany("INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
+            insert_frame(con, "scores", rows, ignore_existing=True)
 
     run_in_chunks(context, todo, chunk_size, commit)
 
@@ -218,10 +217,12 @@ def embeddings(
         np.save(tmp, vectors)
         tmp.replace(out_file)
         with store.transaction() as con:
-            con.executemany(
-                "INSERT INTO embedding_index VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [(h, producer, str(out_file), i) for i, h in enumerate(hashes)],
-            )
+            insert_frame(con, "embedding_index", pl.DataFrame({
+                "content_hash": hashes,
+                "producer_id": producer,
+                "file": str(out_file),
+                "row_in_file": pl.Series(range(len(hashes)), dtype=pl.Int32),
+            }), ignore_existing=True)
             register_artifact(con, out_file, "embeddings", context.run.run_id, producer, shard, len(hashes))
 
     run_in_chunks(context, todo, config.chunk_size * 4, commit)

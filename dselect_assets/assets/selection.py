@@ -129,7 +129,9 @@ def eval_hashes(store: DuckDBStore) -> set[str]:
 
 class SelectionConfig(dg.Config):
     seed: int = 0
-    ask_llm_value: str = "value"  # value: P(yes) as in the paper; value_norm: P(yes)/(P(yes)+P(no))
+    # value: P(yes) as in the paper; value_norm: P(yes)/(P(yes)+P(no)), which separated the
+    # labelled probe better with the bundled judge (data/reports/judge_report.md).
+    ask_llm_value: str = "value_norm"
 
 
 def latest_producer(store: DuckDBStore, kind: str) -> str | None:

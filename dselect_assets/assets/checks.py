@@ -22,7 +22,7 @@ def spec(name: str, asset: str, description: str, blocking: bool = True) -> dg.A
 def score_range(
     asset: str, values: np.ndarray, low: float, high: float, max_null_rate: float = 0.05
 ) -> dg.AssetCheckResult:
-    """Scores are finite and inside [low, high]; few are missing."""
+    """Scores are finite and inside [low, high]; few are missing. A shard with no documents passes."""
     values = np.asarray(values, dtype=np.float64)
     nulls = np.isnan(values)
     finite = values[~nulls]
@@ -31,14 +31,17 @@ def score_range(
     return dg.AssetCheckResult(
         asset_key=asset,
         check_name="score_range",
-        passed=bool(values.size > 0 and out_of_range == 0 and null_rate <= max_null_rate),
+        passed=bool(out_of_range == 0 and null_rate <= max_null_rate),
         metadata={"documents": int(values.size), "out_of_range": out_of_range, "null_rate": round(null_rate, 4),
                   "allowed_range": f"[{low}, {high}]", "max_null_rate": max_null_rate},
     )
 
 
 def embedding_shape(vectors: np.ndarray, dim: int, tolerance: float = 1e-3) -> dg.AssetCheckResult:
-    """Every vector has the embedder's dimension and unit L2 norm."""
+    """Every vector has the embedder's dimension and unit L2 norm. No vectors (an empty shard) passes."""
+    if vectors.size == 0:
+        return dg.AssetCheckResult(asset_key="embeddings", check_name="unit_norm_and_dimension", passed=True,
+                                   metadata={"vectors": 0, "expected_dimension": dim})
     norms = np.linalg.norm(vectors, axis=1) if vectors.size else np.zeros(0)
     bad_norms = int((np.abs(norms - 1.0) > tolerance).sum()) + int((~np.isfinite(norms)).sum())
     return dg.AssetCheckResult(

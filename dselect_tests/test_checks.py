@@ -71,3 +71,26 @@ def test_loss_and_perplexity_checks():
     assert not checks.perplexity_sane([("high_quality", 900.0, 800.0)]).passed
     assert not checks.perplexity_sane([("high_quality", float("nan"), 800.0)]).passed
     assert not checks.perplexity_sane([]).passed
+
+
+def test_probe_separation_reports_auc_and_flags_a_weak_scorer(tmp_path):
+    import json
+
+    from dselect_assets.assets.scoring import probe_separation
+    from dselect_assets.core.hashing import content_hash
+
+    probe = tmp_path / "judge_probe.jsonl"
+    texts = {f"informative {i}": 1 for i in range(4)} | {f"junk {i}": 0 for i in range(4)}
+    probe.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in texts.items()))
+    store = DuckDBStore(database=str(tmp_path / "p.duckdb"))
+    with store.transaction() as con:
+        for i, (text, label) in enumerate(texts.items()):
+            good = 0.9 - 0.01 * i if label else 0.1 + 0.01 * i  # separates perfectly
+            con.execute("INSERT INTO scores VALUES (?, 'good', ?, ?, NULL, 'r')", [content_hash(text), good, good])
+            con.execute("INSERT INTO scores VALUES (?, 'coin', ?, ?, NULL, 'r')", [content_hash(text), i % 2, i % 2])
+    strong = probe_separation(store, probe, "good", "value", 1.0)
+    assert strong["probe_roc_auc"] == 1.0 and not strong["probe_verdict"].startswith("WEAK")
+    assert probe_separation(store, probe, "good", "value", -1.0)["probe_roc_auc"] == 0.0
+    weak = probe_separation(store, probe, "coin", "value", 1.0)
+    assert weak["probe_roc_auc"] == 0.5 and weak["probe_verdict"].startswith("WEAK")
+    assert probe_separation(store, tmp_path / "missing.jsonl", "good", "value", 1.0) == {}

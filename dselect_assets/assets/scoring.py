@@ -8,6 +8,7 @@ run loses at most the chunk in flight, and a re-run starts where it stopped.
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -17,7 +18,9 @@ from dselect_assets.assets import checks
 from dselect_assets.assets.common import insert_frame, record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
 from dselect_assets.assets.shard_reader import load_embeddings, shard_texts
+from dselect_assets.core.hashing import content_hash
 from dselect_assets.core.hashing import producer_id as make_producer_id
+from dselect_assets.core.judge_eval import roc_auc
 from dselect_assets.core.models import ModelLoadError
 from dselect_assets.resources import (
     AskLLMJudgeResource,
@@ -64,6 +67,38 @@ def missing_documents(store: DuckDBStore, docs: pl.DataFrame, producer: str, tab
     return todo.with_columns(pl.col("text").str.len_chars().alias("_len")).sort(["_len", "content_hash"]).drop("_len")
 
 
+WEAK_SEPARATION_AUC = 0.7
+
+
+def probe_separation(store: DuckDBStore, probe_file: Path, producer: str, column: str, sign: float) -> dict:
+    """ROC-AUC of this producer's scores on the labelled probe documents scored so far.
+
+    The probe (1 informative / 0 junk) is drawn from the corpus itself, so this is
+    how well the scorer separates the corpus being selected, not some other text.
+    `sign` is -1 for scores where lower means more informative (perplexity).
+    """
+    if not probe_file.exists():
+        return {}
+    probe = pl.read_ndjson(probe_file).select("text", "label")
+    probe = probe.with_columns(pl.col("text").map_elements(content_hash, return_dtype=pl.String).alias("content_hash"))
+    with store.connect(read_only=True) as con:
+        con.register("probe", probe.select("content_hash", "label").to_arrow())
+        rows = con.execute(
+            f"SELECT p.label, s.{column} FROM probe p JOIN scores s"
+            f" ON s.content_hash = p.content_hash AND s.producer_id = ? WHERE s.{column} IS NOT NULL",
+            [producer],
+        ).fetchall()
+    labels = [label for label, _ in rows]
+    if len(set(labels)) < 2:
+        return {"probe_documents_scored": len(rows)}
+    auc = roc_auc([sign * value for _, value in rows], labels)
+    verdict = (
+        "separates informative text from junk" if auc >= WEAK_SEPARATION_AUC
+        else "WEAK: barely separates informative text from junk on this corpus; treat its ranking with care"
+    )
+    return {"probe_documents_scored": len(rows), "probe_roc_auc": round(auc, 3), "probe_verdict": verdict}
+
+
 def run_in_chunks(
     context: dg.AssetExecutionContext,
     todo: pl.DataFrame,
@@ -86,6 +121,8 @@ def _score_shard(
     chunk_size: int,
     config: dict,
     valid_range: tuple[float, float],
+    probe_column: str = "value",
+    probe_sign: float = 1.0,
 ) -> dg.MaterializeResult:
     """Shared body of the score assets: value (and value_norm) per missing document."""
     shard = context.partition_key
@@ -138,6 +175,7 @@ def _score_shard(
             "summary": dg.MetadataValue.json(summary(value)),
             "histogram": dg.MetadataValue.md(histogram_markdown(value)),
             "histogram_plot": png_markdown(png, f"{kind} histogram"),
+            **probe_separation(store, paths.root / "eval" / "judge_probe.jsonl", producer, probe_column, probe_sign),
         },
         data_version=dg.DataVersion(f"{producer}:{docs.height}"),
         check_results=[checks.score_range(context.asset_key.to_user_string(), value, *valid_range)],
@@ -162,7 +200,7 @@ def ask_llm_scores(
 ) -> dg.MaterializeResult:
     scorer = load_model(judge)
     return _score_shard(context, store, paths, "ask_llm", scorer, scorer.score, config.chunk_size,
-                        {**config.model_dump(), **judge.model_dump()}, (0.0, 1.0))
+                        {**config.model_dump(), **judge.model_dump()}, (0.0, 1.0), "value_norm")
 
 
 @dg.asset(
@@ -182,7 +220,7 @@ def perplexity_scores(
 ) -> dg.MaterializeResult:
     scorer = load_model(perplexity_lm)
     return _score_shard(context, store, paths, "perplexity", scorer, scorer.score, config.chunk_size,
-                        {**config.model_dump(), **perplexity_lm.model_dump()}, (0.0, 30.0))
+                        {**config.model_dump(), **perplexity_lm.model_dump()}, (0.0, 30.0), "value", -1.0)
 
 
 @dg.asset(

@@ -1,0 +1,321 @@
+"""Ask-LLM quality scores: P("yes") from an instruction-tuned judge (paper Fig. 3).
+
+One forward pass per document, no generation: the prompt is built so that the
+answer is the next token, and the score is the softmax probability mass on the
+"yes" tokens at that position. Two numbers per document:
+
+  column 0: P(yes)                       -- the paper's score
+  column 1: P(yes) / (P(yes) + P(no))    -- robust to mass leaking to other tokens
+
+Documents that tokenize to nothing (empty or whitespace-only text) get NaN in
+both columns; `unscorable(scores)` lists their indices.
+
+Speed on CPU comes from: length-sorted batches with left padding (the answer
+position is the last column of every row), only the last position's logits
+(the vocabulary projection over every prompt token is skipped), the KV cache of
+the prompt prefix shared by all documents (system prompt, few-shot turns,
+"###"), and torch.inference_mode.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from dselect_assets.core.embed import length_sorted_batches
+from dselect_assets.core.models import (
+    ModelSpec,
+    default_judge_spec,
+    load_causal_or_seq2seq,
+    model_identity,
+    pick_device,
+    resolve_dtype,
+)
+
+CODE_VERSION = "ask_llm/1"
+
+# Verbatim from the paper (Fig. 3); {example} is replaced by the document.
+PAPER_PROMPT = """###
+{example}
+###
+
+Does the previous paragraph demarcated within ### and ### contain informative signal for pre-training a large-language model? An informative datapoint should be well-formatted, contain some usable knowledge of the world, and strictly NOT have any harmful, racist, sexist, etc. content.
+
+OPTIONS:
+- yes
+- no"""
+
+# Appended after the prompt when no chat template is used, so the next token is the answer.
+RAW_ANSWER_SUFFIX = "\n\nAnswer:"
+
+YES_VARIANTS = ("yes", " yes", "Yes", " Yes")
+NO_VARIANTS = ("no", " no", "No", " No")
+
+# Demonstrations for few-shot prompting, written for dselect (not from any eval set).
+FEW_SHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
+    (
+        "The Danube is Europe's second-longest river. It rises in the Black Forest in Germany "
+        "and flows for about 2,850 km through ten countries, including Austria, Hungary and "
+        "Romania, before emptying into the Black Sea.",
+        "yes",
+    ),
+    (
+        "click here!!! best cheap deals buy now buy now free shipping lol >>> subscribe "
+        "http://bit.ly/xx ||| home | about | login | cart (0)",
+        "no",
+    ),
+)
+
+_SENTINEL = "\u0000DSELECT_EXAMPLE\u0000"
+
+def unscorable(scores: np.ndarray) -> np.ndarray:
+    """Indices of documents the judge could not score (NaN rows)."""
+    scores = np.asarray(scores)
+    column = scores[:, 0] if scores.ndim == 2 else scores
+    return np.flatnonzero(np.isnan(column))
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """Rendered prompt around the document, as text (for identity) and token ids."""
+
+    prefix_text: str
+    suffix_text: str
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+
+
+def answer_token_ids(tokenizer: Any, variants: Sequence[str], other: Sequence[str]) -> list[int]:
+    """Distinct first tokens of the answer variants, minus any shared with the other
+    answer's variants or that decode to nothing (e.g. a bare SentencePiece space)."""
+
+    def firsts(words: Sequence[str]) -> set[int]:
+        found = set()
+        for word in words:
+            ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if ids:
+                found.add(int(ids[0]))
+        return found
+
+    mine, theirs = firsts(variants), firsts(other)
+    keep = sorted(t for t in mine - theirs if tokenizer.decode([t]).strip())
+    if not keep:
+        raise ValueError(f"no usable first token for answer variants {list(variants)}")
+    return keep
+
+
+class AskLLMJudge:
+    """Scores documents with P("yes") from an instruction-tuned judge.
+
+    spec: the judge model (default: models.default_judge_spec()).
+    prompt: must contain "{example}" once; defaults to the paper's prompt.
+    max_doc_tokens: documents are cut to this many tokens so the prompt stays whole.
+    few_shot: (document, "yes"|"no") demonstrations placed before the query.
+    dtype: "auto" (bf16 where the hardware has native bf16, else fp32), "float32", "bfloat16".
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec | None = None,
+        prompt: str = PAPER_PROMPT,
+        max_doc_tokens: int = 256,
+        batch_size: int = 4,
+        few_shot: Sequence[tuple[str, str]] = (),
+        device: str | None = None,
+        dtype: str = "auto",
+        reuse_prefix_cache: bool = True,
+        raw_answer_suffix: str = RAW_ANSWER_SUFFIX,
+    ) -> None:
+        import torch
+
+        if prompt.count("{example}") != 1:
+            raise ValueError("prompt must contain '{example}' exactly once")
+        self.spec = spec or default_judge_spec()
+        self.prompt = prompt
+        self.max_doc_tokens = int(max_doc_tokens)
+        self.batch_size = int(batch_size)
+        self.few_shot = tuple((str(doc), str(answer)) for doc, answer in few_shot)
+        self.raw_answer_suffix = raw_answer_suffix
+        self.device, _ = pick_device(device)
+        self.dtype = resolve_dtype(self.device, dtype)
+        self.model, self.tokenizer = load_causal_or_seq2seq(self.spec, self.device, self.dtype)
+        self.is_causal = self.spec.kind == "causal"
+        self.uses_chat_template = bool(
+            self.is_causal and self.spec.chat_template and getattr(self.tokenizer, "chat_template", None)
+        )
+        self.parts = self._render_prompt()
+        self.yes_ids = answer_token_ids(self.tokenizer, YES_VARIANTS, NO_VARIANTS)
+        self.no_ids = answer_token_ids(self.tokenizer, NO_VARIANTS, YES_VARIANTS)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        self.pad_id = int(pad)
+        self.reuse_prefix_cache = bool(reuse_prefix_cache and self.is_causal and self.parts.prefix_ids)
+        self._prefix_cache: Any = None
+        self._identity: dict[str, Any] | None = None
+        self._torch = torch
+
+    # ------------------------------------------------------------------ prompt
+
+    def _render_prompt(self) -> PromptParts:
+        head, tail = self.prompt.split("{example}")
+        if self.uses_chat_template:
+            messages: list[dict[str, str]] = []
+            for doc, answer in self.few_shot:
+                messages.append({"role": "user", "content": self.prompt.replace("{example}", doc.strip())})
+                messages.append({"role": "assistant", "content": answer})
+            messages.append({"role": "user", "content": head + _SENTINEL + tail})
+            rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            prefix_text, suffix_text = rendered.split(_SENTINEL)
+            add_special = False  # the template writes any BOS itself
+        else:
+            shots = "".join(
+                self.prompt.replace("{example}", doc.strip()) + self.raw_answer_suffix + " " + answer + "\n\n"
+                for doc, answer in self.few_shot
+            )
+            prefix_text = shots + head
+            suffix_text = tail + (self.raw_answer_suffix if self.is_causal else "")
+            add_special = True
+        prefix_ids = list(self.tokenizer(prefix_text, add_special_tokens=False)["input_ids"])
+        suffix_ids = list(self.tokenizer(suffix_text, add_special_tokens=False)["input_ids"])
+        if add_special:
+            # The tokenizer's own specials go around the whole prompt: a leading BOS;
+            # a trailing EOS only for an encoder (a decoder must end on the answer slot).
+            probe = self.tokenizer("x", add_special_tokens=True)["input_ids"]
+            bare = self.tokenizer("x", add_special_tokens=False)["input_ids"]
+            start = probe.index(bare[0]) if bare and bare[0] in probe else 0
+            prefix_ids = list(probe[:start]) + prefix_ids
+            if not self.is_causal:
+                suffix_ids = suffix_ids + list(probe[start + len(bare) :])
+        return PromptParts(prefix_text, suffix_text, prefix_ids, suffix_ids)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """Token ids of the full prompt for one document (after truncation); [] if the
+        document tokenizes to nothing."""
+        doc = self.doc_ids([text])[0]
+        if not doc:
+            return []
+        return self.parts.prefix_ids + doc + self.parts.suffix_ids
+
+    def doc_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        stripped = [t.strip() for t in texts]
+        encoded = self.tokenizer(stripped, add_special_tokens=False)["input_ids"] if stripped else []
+        return [list(ids[: self.max_doc_tokens]) for ids in encoded]
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the scores; feed to hashing.producer_id."""
+        if self._identity is None:
+            self._identity = {
+                "code": CODE_VERSION,
+                "model": model_identity(self.spec),
+                "prompt": self.prompt,
+                "chat_template": self.uses_chat_template,
+                "prefix_text": self.parts.prefix_text,
+                "suffix_text": self.parts.suffix_text,
+                "few_shot": [list(x) for x in self.few_shot],
+                "max_doc_tokens": self.max_doc_tokens,
+                "yes_ids": self.yes_ids,
+                "no_ids": self.no_ids,
+                "dtype": str(self.dtype).removeprefix("torch."),
+            }
+        return self._identity
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        """float64 [n, 2]: (P(yes), P(yes)/(P(yes)+P(no))); NaN rows for empty documents."""
+        out = np.full((len(texts), 2), np.nan, dtype=np.float64)
+        if not texts:
+            return out
+        docs = self.doc_ids(texts)
+        scorable = [i for i, ids in enumerate(docs) if ids]
+        if not scorable:
+            return out
+        with self._torch.inference_mode():
+            for batch in length_sorted_batches([len(docs[i]) for i in scorable], self.batch_size):
+                rows = [scorable[j] for j in batch]
+                probs = self._answer_probs([docs[i] for i in rows])
+                out[rows] = probs
+        return out
+
+    def _answer_probs(self, docs: list[list[int]]) -> np.ndarray:
+        torch = self._torch
+        logits = self._causal_logits(docs) if self.is_causal else self._seq2seq_logits(docs)
+        probs = torch.softmax(logits.float(), dim=-1)
+        p_yes = probs[:, self.yes_ids].sum(-1)
+        p_no = probs[:, self.no_ids].sum(-1)
+        normalized = p_yes / (p_yes + p_no).clamp(min=1e-30)
+        return torch.stack([p_yes, normalized], dim=1).double().cpu().numpy()
+
+    def _prefix(self) -> Any:
+        """KV cache of the shared prompt prefix, computed once."""
+        if self._prefix_cache is None:
+            ids = self._torch.tensor([self.parts.prefix_ids], device=self.device)
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            self._prefix_cache = out.cache
+        return self._prefix_cache
+
+    def _causal_logits(self, docs: list[list[int]]) -> Any:
+        torch = self._torch
+        use_cache = self.reuse_prefix_cache
+        head = [] if use_cache else self.parts.prefix_ids
+        seqs = [head + d + self.parts.suffix_ids for d in docs]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):  # left padding: answer position is column -1
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+        # Positions count real tokens only, so a padded row sees the same positions
+        # as the same document scored alone.
+        offset = len(self.parts.prefix_ids) if use_cache else 0
+        positions = (mask.cumsum(1) - 1).clamp(min=0) + offset
+        kwargs: dict[str, Any] = {}
+        if use_cache:
+            prefix_mask = torch.ones((len(seqs), offset), dtype=torch.long)
+            mask = torch.cat([prefix_mask, mask], dim=1)
+            kwargs["cache"] = _expand_cache(self._prefix(), len(seqs))
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            use_cache=use_cache,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        return out.logits[:, -1, :]
+
+    def _seq2seq_logits(self, docs: list[list[int]]) -> Any:
+        torch = self._torch
+        seqs = [self.parts.prefix_ids + d + self.parts.suffix_ids for d in docs]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        start = self.model.config.decoder_start_token_id
+        if start is None:
+            start = self.pad_id
+        decoder_ids = torch.full((len(seqs), 1), int(start), dtype=torch.long)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            decoder_input_ids=decoder_ids.to(self.device),
+        )
+        return out.logits[:, 0, :]
+
+
+def _expand_cache(cache: Any, batch: int) -> Any:
+    """A copy of the prefix cache repeated `batch` times (the forward pass appends to
+    the cache it is given, so the stored prefix must not be used in place)."""
+    fresh = copy.deepcopy(cache)
+    if batch > 1:
+        fresh.batch_repeat_interleave(batch)
+    return fresh

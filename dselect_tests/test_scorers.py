@@ -1,0 +1,280 @@
+"""Per-document scorers on the bundled offline models: embedder, Ask-LLM judge, perplexity."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dselect_assets.core.ask_llm import FEW_SHOT_EXAMPLES, AskLLMJudge, unscorable
+from dselect_assets.core.embed import SentenceEmbedder
+from dselect_assets.core.judge_eval import roc_auc
+from dselect_assets.core.models import (
+    ModelLoadError,
+    ModelSpec,
+    default_embedder_path,
+    model_identity,
+    smollm2_spec,
+)
+from dselect_assets.core.perplexity import PerplexityScorer
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+NATURAL = [
+    "The Danube is Europe's second-longest river. It rises in the Black Forest and flows east "
+    "through ten countries before it empties into the Black Sea.",
+    "Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide "
+    "to make glucose, releasing oxygen as a by-product.",
+    "A compiler translates source code written in a high-level programming language into machine "
+    "code that a processor can execute directly.",
+]
+JUNK = "click here!!! free free free >>> buy now cheap deals lol"
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return SentenceEmbedder(batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def judge():
+    # fp32 so batched and single-document results can be compared tightly.
+    # Chat template on: the longer shared prefix exercises the prefix KV cache.
+    return AskLLMJudge(smollm2_spec(chat_template=True), max_doc_tokens=48, batch_size=4, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return PerplexityScorer(max_tokens=64, batch_size=4, dtype="float32")
+
+
+# --------------------------------------------------------------------------- embedder
+
+
+def test_embedder_shape_norm_and_batch_invariance(embedder):
+    texts = NATURAL + [JUNK, "short", "word " * 400]  # the last one is truncated to the window
+    vectors = embedder.embed(texts)
+    assert vectors.shape == (len(texts), embedder.dim) == (len(texts), 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    for i, text in enumerate(texts):  # alone (no padding) vs in a length-sorted batch
+        np.testing.assert_allclose(embedder.embed([text])[0], vectors[i], atol=1e-5)
+    shuffled = embedder.embed(texts[::-1])[::-1]
+    np.testing.assert_allclose(shuffled, vectors, atol=1e-5)
+    assert embedder.embed([]).shape == (0, 384)
+    # Related sentences are closer than unrelated ones.
+    assert vectors[0] @ vectors[1] < 0.9
+
+
+def test_embedder_matches_sentence_transformers(embedder):
+    st = pytest.importorskip("sentence_transformers")
+    reference = st.SentenceTransformer(str(default_embedder_path()), device="cpu")
+    expected = reference.encode(NATURAL + [JUNK], normalize_embeddings=True)
+    np.testing.assert_allclose(embedder.embed(NATURAL + [JUNK]), expected, atol=1e-5)
+
+
+def test_embedder_identity_names_model_hash(embedder):
+    identity = embedder.identity
+    assert identity["pooling"] == "mean" and identity["max_length"] == embedder.max_length
+    assert any(len(h) == 64 for h in identity["model"]["file_sha256"].values())
+
+
+def test_embedder_missing_path_names_it(tmp_path):
+    missing = tmp_path / "no-such-embedder"
+    with pytest.raises(ModelLoadError, match=str(missing)):
+        SentenceEmbedder(model_path=missing)
+
+
+# --------------------------------------------------------------------------- Ask-LLM
+
+
+def _reference_probs(judge: AskLLMJudge, text: str) -> tuple[float, float]:
+    """P(yes), P(no) from a plain full forward pass over the one document's prompt."""
+    ids = torch.tensor([judge.prompt_ids(text)])
+    with torch.no_grad():
+        probs = torch.softmax(judge.model(input_ids=ids).logits[0, -1].float(), dim=-1)
+    return float(probs[judge.yes_ids].sum()), float(probs[judge.no_ids].sum())
+
+
+# Different lengths, so a batch has left padding.
+JUDGED = [NATURAL[0], JUNK, NATURAL[2][:40]]
+
+
+@pytest.fixture(scope="module")
+def judged(judge):
+    return judge.score(JUDGED)
+
+
+def test_judge_probabilities_match_plain_forward(judge, judged):
+    assert judged.shape == (len(JUDGED), 2)
+    assert np.all((judged >= 0) & (judged <= 1))
+    for i, text in enumerate(JUDGED):
+        p_yes, p_no = _reference_probs(judge, text)
+        assert judged[i, 0] == pytest.approx(p_yes, abs=1e-4)
+        assert judged[i, 1] == pytest.approx(p_yes / (p_yes + p_no), abs=1e-4)
+        assert judged[i, 1] >= judged[i, 0]  # P(yes) + P(no) <= 1
+
+
+def test_judge_batch_equals_single_and_prefix_cache(judge, judged):
+    single = np.vstack([judge.score([t]) for t in JUDGED[:2]])
+    np.testing.assert_allclose(judged[:2], single, atol=1e-4)
+    judge.reuse_prefix_cache = False
+    try:
+        no_cache = judge.score(JUDGED)
+    finally:
+        judge.reuse_prefix_cache = True
+    np.testing.assert_allclose(judged, no_cache, atol=1e-4)
+
+
+def test_gguf_conversion_is_cached(judge):
+    from dselect_assets.core.models import converted_gguf_dir
+
+    converted = converted_gguf_dir(judge.spec)
+    assert (converted / "model.safetensors").is_file() and (converted / "config.json").is_file()
+
+
+def test_judge_answer_tokens_are_yes_no_variants(judge):
+    yes = {judge.tokenizer.decode([t]).strip().lower() for t in judge.yes_ids}
+    no = {judge.tokenizer.decode([t]).strip().lower() for t in judge.no_ids}
+    assert yes == {"yes"} and no == {"no"}
+    assert len(judge.yes_ids) >= 2  # e.g. "yes", " yes", "Yes", " Yes" are distinct tokens
+
+
+def test_judge_truncation_keeps_prompt_intact(judge):
+    long_doc = " ".join(f"word{i}" for i in range(2000))
+    ids = judge.prompt_ids(long_doc)
+    prefix, suffix = judge.parts.prefix_ids, judge.parts.suffix_ids
+    assert len(ids) == len(prefix) + judge.max_doc_tokens + len(suffix)
+    assert ids[: len(prefix)] == prefix and ids[-len(suffix) :] == suffix
+    text = judge.tokenizer.decode(ids)
+    assert "Does the previous paragraph demarcated within ### and ###" in text
+    assert text.rstrip().endswith("assistant")  # chat template: answer comes right after
+
+
+def test_default_raw_prompt_ends_on_answer_slot():
+    raw = AskLLMJudge(max_doc_tokens=16, dtype="float32")  # default judge: paper prompt, no chat template
+    assert not raw.uses_chat_template
+    text = raw.tokenizer.decode(raw.prompt_ids(NATURAL[0]))
+    assert text.startswith("###\nThe Danube") and text.endswith("- no\n\nAnswer:")
+    assert raw.identity["chat_template"] is False
+
+
+def test_judge_empty_documents_are_nan(judge):
+    scores = judge.score(["", JUNK, "   \n\t "])
+    assert np.isnan(scores[0]).all() and np.isnan(scores[2]).all()
+    assert np.isfinite(scores[1]).all()
+    assert unscorable(scores).tolist() == [0, 2]
+    assert judge.score([]).shape == (0, 2)
+
+
+def test_judge_identity_changes_with_prompt_inputs(judge):
+    identity = judge.identity
+    assert identity["prompt"] == judge.prompt and identity["chat_template"] is True
+    assert identity["dtype"] == "float32" and identity["max_doc_tokens"] == 48
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in identity["model"]["file_sha256"]
+
+
+def test_missing_or_corrupt_model_raises_model_load_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSELECT_CACHE_DIR", str(tmp_path / "cache"))
+    missing = ModelSpec(path=tmp_path / "absent", gguf_file="judge.gguf")
+    with pytest.raises(ModelLoadError, match=str(tmp_path / "absent")):
+        AskLLMJudge(missing)
+    corrupt_dir = tmp_path / "corrupt"
+    corrupt_dir.mkdir()
+    (corrupt_dir / "judge.gguf").write_bytes(b"not a gguf file" * 100)
+    with pytest.raises(ModelLoadError, match=str(corrupt_dir / "judge.gguf")):
+        AskLLMJudge(ModelSpec(path=corrupt_dir, gguf_file="judge.gguf"))
+    with pytest.raises(ModelLoadError, match=str(tmp_path / "absent")):
+        PerplexityScorer(missing)
+
+
+def test_seq2seq_judge_path(tmp_path):
+    """Encoder-decoder judges (Flan-T5 style) score at the first decoder step; a tiny
+    random T5 with the MiniLM WordPiece tokenizer exercises that path offline."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    source = default_embedder_path()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, tmp_path / name)
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=102)
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path)
+    judge = AskLLMJudge(ModelSpec(path=tmp_path, kind="seq2seq"), max_doc_tokens=32, batch_size=3,
+                        dtype="float32")
+    texts = NATURAL + [JUNK, ""]
+    scores = judge.score(texts)
+    assert np.isnan(scores[-1]).all()
+    assert np.all((scores[:-1] >= 0) & (scores[:-1] <= 1))
+    single = np.vstack([judge.score([t]) for t in texts[:-1]])
+    np.testing.assert_allclose(scores[:-1], single, atol=1e-5)
+
+
+@pytest.mark.heavy
+def test_few_shot_judge_reuses_prefix_and_matches_uncached():
+    judge = AskLLMJudge(smollm2_spec(), max_doc_tokens=32, batch_size=2, few_shot=FEW_SHOT_EXAMPLES,
+                        dtype="float32")
+    assert FEW_SHOT_EXAMPLES[0][0] in judge.parts.prefix_text
+    cached = judge.score(NATURAL[:2] + [JUNK])
+    judge.reuse_prefix_cache = False
+    np.testing.assert_allclose(judge.score(NATURAL[:2] + [JUNK]), cached, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- perplexity
+
+
+def test_perplexity_natural_beats_shuffled(lm):
+    rng = random.Random(0)
+    shuffled = []
+    for text in NATURAL:
+        words = text.split()
+        rng.shuffle(words)
+        shuffled.append(" ".join(words))
+    nll = lm.score(NATURAL + shuffled)
+    assert np.isfinite(nll).all()
+    assert np.all(nll[:3] < nll[3:])
+    single = np.array([lm.score([t])[0] for t in (NATURAL[0], shuffled[1])])
+    np.testing.assert_allclose(nll[[0, 4]], single, atol=1e-4)
+
+
+def test_perplexity_short_documents_are_nan(lm):
+    scores = lm.score(["", "Hi", NATURAL[0]])
+    assert np.isnan(scores[0]) and np.isnan(scores[1])
+    assert np.isfinite(scores[2]) and scores[2] > 0
+    assert len(lm.token_ids([NATURAL[0] * 20])[0]) == lm.max_tokens
+
+
+# --------------------------------------------------------------------------- identity + eval
+
+
+def test_model_identity_hash_is_cached_and_tracks_changes(tmp_path, monkeypatch):
+    from dselect_assets.core import models
+
+    monkeypatch.setenv("DSELECT_CACHE_DIR", str(tmp_path / "cache"))
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    weights = model_dir / "w.gguf"
+    weights.write_bytes(b"a" * 1000)
+    calls = []
+    real = models.file_sha256
+    monkeypatch.setattr(models, "file_sha256", lambda p: calls.append(p) or real(p))
+    spec = ModelSpec(path=model_dir, gguf_file="w.gguf")
+    first = model_identity(spec)
+    models._memory_hashes.clear()  # a new process: only the disk cache is left
+    assert model_identity(spec) == first and len(calls) == 1
+    weights.write_bytes(b"b" * 1001)
+    assert model_identity(spec)["file_sha256"] != first["file_sha256"]
+    assert str(model_dir) not in str(first)  # same weights elsewhere -> same identity
+
+
+def test_roc_auc():
+    assert roc_auc([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0]) == 1.0
+    assert roc_auc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 0.0
+    assert roc_auc([0.5, 0.5, 0.5, 0.5], [1, 0, 1, 0]) == 0.5
+    assert roc_auc([0.9, float("nan"), 0.1], [1, 1, 0]) == 1.0
+    assert np.isnan(roc_auc([0.1, 0.2], [1, 1]))

@@ -52,3 +52,17 @@ def test_sensor_reruns_a_shard_whose_file_changed(workspace, resources, instance
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
     assert defs.resolve_job_def("shard_job") is not None
+
+
+def test_sensor_skips_files_already_ingested_with_the_same_bytes(workspace, resources, instance):
+    from dselect_assets.assets.corpus import documents
+
+    _, corpus = workspace
+    (corpus / "a.jsonl").write_text(json.dumps({"text": "already ingested"}) + "\n")
+    instance.add_dynamic_partitions("shards", ["a.jsonl"])
+    dg.materialize([documents], partition_key="a.jsonl", instance=instance, resources=resources)
+    (corpus / "b.jsonl").write_text(json.dumps({"text": "new"}) + "\n")
+    first = tick(instance, resources)  # a fresh sensor, e.g. the first `dagster dev` after `dselect run`
+    assert [r.partition_key for r in first.run_requests] == ["b.jsonl"]
+    (corpus / "a.jsonl").write_text(json.dumps({"text": "already ingested"}) + "\n" + json.dumps({"text": "more"}) + "\n")
+    assert [r.partition_key for r in tick(instance, resources).run_requests] == ["a.jsonl", "b.jsonl"]

@@ -187,17 +187,26 @@ def build_corpus_sensor(job) -> dg.SensorDefinition:
         description="Adds a `shards` partition for each new corpus file and runs the per-shard assets "
         "for new or changed files.",
     )
-    def corpus_sensor(context: dg.SensorEvaluationContext, paths: DataPaths) -> dg.SensorResult:
+    def corpus_sensor(
+        context: dg.SensorEvaluationContext, paths: DataPaths, store: DuckDBStore
+    ) -> dg.SensorResult:
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         known = set(context.instance.get_dynamic_partitions(shards.name))
         files = list_shard_files(paths.corpus)
         new_partitions = [p.name for p in files if p.name not in known]
+        # Files already ingested with these exact bytes (e.g. by `dselect run`) need no run.
+        ingested = {name: (size, sha) for name, size, sha in store.query(
+            "SELECT shard, byte_size, file_sha256 FROM shards")}
         run_requests = []
         for path in files:
             key = shard_run_key(path)
-            if seen.get(path.name) != key:
-                run_requests.append(dg.RunRequest(run_key=key, partition_key=path.name))
-                seen[path.name] = key
+            if seen.get(path.name) == key:
+                continue
+            seen[path.name] = key
+            size, sha = ingested.get(path.name, (None, None))
+            if size == path.stat().st_size and sha == file_sha256(path):
+                continue
+            run_requests.append(dg.RunRequest(run_key=key, partition_key=path.name))
         return dg.SensorResult(
             run_requests=run_requests,
             dynamic_partitions_requests=[shards.build_add_request(new_partitions)] if new_partitions else [],

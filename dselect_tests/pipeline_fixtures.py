@@ -1,7 +1,6 @@
 """A small real corpus and small-model resources for end-to-end asset tests."""
 
 import json
-import shutil
 from pathlib import Path
 
 import dagster as dg

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from dselect_assets.assets import corpus, density, scoring, selection, training
+from dselect_assets.assets import corpus, density, selection, training
 from dselect_assets.definitions import defs, shard_assets
 from dselect_tests.pipeline_fixtures import (
     build_source_corpus,

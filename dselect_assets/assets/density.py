@@ -6,7 +6,6 @@ additive: a new shard adds one file, and `density` merges files rather than
 re-reading old embeddings to build the sketch.
 """
 
-import json
 
 import dagster as dg
 import numpy as np

@@ -1,7 +1,6 @@
 """Metadata the UI can show: summary statistics, histograms as tables and inline PNGs."""
 
 import base64
-import io
 from pathlib import Path
 
 import dagster as dg

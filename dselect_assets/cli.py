@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from dselect_assets.resources import default_home
+from dselect_assets.resources import DataPaths, default_home
 
 
 def dagster_home() -> Path:
@@ -26,22 +26,17 @@ def dagster_home() -> Path:
     return home
 
 
-def corpus_dir() -> Path:
-    env = os.environ.get("DSELECT_CORPUS_DIR")
-    return Path(env).resolve() if env else default_home() / "corpus"
-
-
 def ensure_default_corpus() -> None:
     from dselect_assets.assets.corpus import list_shard_files
     from dselect_assets.core import default_corpus
 
-    corpus = corpus_dir()
+    corpus = DataPaths().corpus
     if list_shard_files(corpus):
         return
     if os.environ.get("DSELECT_CORPUS_DIR"):
         sys.exit(f"dselect: no shard files (.jsonl, .parquet, .txt) in DSELECT_CORPUS_DIR={corpus}")
     print(f"dselect: building the default corpus in {corpus}")
-    manifest = default_corpus.build_default_corpus(corpus, default_home() / "eval")
+    manifest = default_corpus.build_default_corpus(corpus, DataPaths().root / "eval")
     print(f"dselect: {manifest['total_documents']} documents in {len(manifest['shards'])} shards")
 
 
@@ -53,7 +48,7 @@ def run_pipeline(stages: list[str] | None = None) -> None:
 
     dagster_home()
     instance = dg.DagsterInstance.get()
-    shard_keys = [p.name for p in list_shard_files(corpus_dir())]
+    shard_keys = [p.name for p in list_shard_files(DataPaths().corpus)]
     instance.add_dynamic_partitions(
         "shards", [k for k in shard_keys if not instance.has_dynamic_partition("shards", k)]
     )

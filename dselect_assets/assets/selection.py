@@ -60,7 +60,7 @@ class EvalSetsConfig(dg.Config):
 
 def in_validation_split(hashes: pl.Series, fraction: float) -> pl.Series:
     """A fixed split by hash: a document never changes side as the corpus grows."""
-    bucket = hashes.str.slice(0, 8).map_elements(lambda h: int(h, 16), return_dtype=pl.UInt64)
+    bucket = hashes.str.slice(0, 8).str.to_integer(base=16)
     return bucket < int(fraction * 2**32)
 
 

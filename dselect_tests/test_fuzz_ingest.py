@@ -1,6 +1,7 @@
-"""Fuzzed bad input: real corpus lines with seeded random corruptions never break ingestion.
+"""Fuzzed bad input: valid JSONL lines with seeded random corruptions never break ingestion.
 
-Lines come from the default corpus's JSONL shards. Each corruption knows what
+Lines come from text this file owns (`owned_lines`), never from the machine's
+installed packages, so every seed draws the same cases on every machine. Each corruption knows what
 ingestion must say about the line it produces (a reason pattern), except the
 "chaos" byte mutations, where any outcome is allowed as long as the line is
 accounted for once and, if quarantined, with one of the specific reasons.
@@ -26,7 +27,6 @@ import polars as pl
 import pytest
 
 from dselect_assets.assets.corpus import documents
-from dselect_assets.core.default_corpus import build_default_corpus
 from dselect_assets.core.ingest import DEFAULT_MAX_DOCUMENT_BYTES, Document, Rejection, read_shard, write_documents
 
 # Every reason ingestion gives for a row belongs to one specific family, never a generic error.
@@ -72,16 +72,42 @@ class RealLine:
     raw: bytes
 
 
-@pytest.fixture(scope="module")
-def real_lines(tmp_path_factory) -> list[RealLine]:
-    root = tmp_path_factory.mktemp("default-corpus")
-    build_default_corpus(root / "corpus", root / "eval")
+# Sentences with the characters real text has (quotes, backslashes, accents, CJK, emoji, tabs):
+# each corruption below must still be recognised when it lands next to one of them.
+_SENTENCES = [
+    "The river Thames flows through London and reaches the North Sea near Southend.",
+    'She said "no" twice, then laughed and walked out into the rain.',
+    "Paths on Windows look like C:\\Users\\ada\\notes.txt, with backslashes.",
+    "Café au lait, crème brûlée and jalapeño are borrowed words in English.",
+    "東京は日本の首都であり、世界最大の都市圏の一つである。",
+    "Das Grundgesetz trat am 23. Mai 1949 in Kraft.",
+    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
+    "WIN A FREE CRUISE!!! Reply YES to 80080 now \U0001f6a2 (std rates apply)",
+    "lol ok see u at 8 \U0001f602",
+    "Tab\tseparated\tvalues are still text.",
+    "The Treaty of Westphalia (1648) ended the Thirty Years' War.",
+    "Ελληνικά: η γλώσσα του Ομήρου.",
+    "Add 2 cups of flour; stir; bake at 180 °C for 25–30 minutes.",
+    "Прямая — кратчайшее расстояние между двумя точками.",
+    "A line with a trailing backslash \\",
+    "Questions? Contact support@example.com or call +1 (555) 010-9999.",
+]
+
+
+def owned_lines(n: int = 1200, seed: int = 7) -> list[RealLine]:
+    """n JSONL records of 1-4 sentences each, ids doc-00001..., the same bytes on every machine."""
+    rng = random.Random(seed)
     lines = []
-    for shard in sorted((root / "corpus").glob("*.jsonl")):
-        for raw in shard.read_bytes().splitlines():
-            lines.append(RealLine(json.loads(raw), raw))
-    assert len(lines) > 1000
+    for i in range(1, n + 1):
+        text = " ".join(rng.choice(_SENTENCES) for _ in range(rng.randint(1, 4)))
+        record = {"id": f"doc-{i:05d}", "text": text}
+        lines.append(RealLine(record, json.dumps(record, ensure_ascii=rng.random() < 0.5).encode("utf-8")))
     return lines
+
+
+@pytest.fixture(scope="module")
+def real_lines() -> list[RealLine]:
+    return owned_lines()
 
 
 # ------------------------------------------------------------------ corruptions
@@ -335,7 +361,8 @@ def test_fuzzed_shard_through_the_documents_asset(real_lines, workspace, resourc
     assert (metadata["documents"], metadata["quarantined"]) == (len(loaded), len(quarantined))
     assert metadata["rows_read"] == len(cases) == len([line for line in data.split(b"\n") if line.strip()])
     kinds = Counter(c.kind.split(":")[0] for c in cases)
-    assert kinds["untouched"] >= 100 and kinds["oversized"] == 1 and kinds["chaos"] >= 10
+    # The lines and the seed are the test's own, so these draws are the same on every machine.
+    assert kinds["oversized"] == 1 and kinds["untouched"] and kinds["chaos"]
     print(f"\nfuzzed {len(cases) - kinds['untouched']} of {len(cases)} lines; "
           f"quarantined {len(quarantined)}, loaded {len(loaded)}; reasons: "
           f"{dict(Counter(reason_family(r) for r in quarantined.values()).most_common())}")

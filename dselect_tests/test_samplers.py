@@ -9,7 +9,6 @@ from dselect_assets.core import samplers
 from dselect_assets.core.clustering import default_k, kmeans
 from dselect_assets.core.race_sketch import RaceSketch
 from dselect_assets.core.samplers import (
-    PAPER_SAMPLERS,
     REQUIRED_INPUTS,
     SAMPLERS,
     SamplerInputs,
@@ -237,23 +236,3 @@ def test_kmeans_is_deterministic_and_sized_from_n(full_inputs):
     with pytest.raises(ValueError, match="k must be"):
         kmeans(full_inputs.embeddings, k=full_inputs.n + 1)
 
-
-# --------------------------------------------------------- paper's samplers
-
-
-def test_paper_samplers_cover_the_nineteen():
-    assert len(PAPER_SAMPLERS) == 19
-    assert len({p.name for p in PAPER_SAMPLERS}) == 19
-    families = [p.sampler for p in PAPER_SAMPLERS]
-    assert families.count("perplexity_filter") == 10
-    assert families.count("ask_llm_topk") == 5
-    assert {"random", "density", "semdedup", "prototypes"} <= set(families)
-    for config in PAPER_SAMPLERS:
-        assert config.sampler in SAMPLERS
-        assert config.stand_in and config.paper_model
-        needs_scores = REQUIRED_INPUTS[config.sampler] & {"quality", "perplexity"}
-        if needs_scores:
-            assert config.scorer_key.split(":")[0] in {"ask_llm", "perplexity"}
-    shared = [p for p in PAPER_SAMPLERS if p.sampler == "ask_llm_topk"]
-    assert len({p.scorer_key for p in shared}) < len(shared)  # several sizes share a stand-in...
-    assert all("share" in p.stand_in for p in shared)  # ...and say so

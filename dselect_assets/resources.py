@@ -53,7 +53,7 @@ class DuckDBStore(dg.ConfigurableResource):
     """The DuckDB metadata store (one file), opened briefly and retried while locked."""
 
     database: str = ""
-    lock_timeout_s: float = 600.0
+    lock_timeout_s: float = store.DEFAULT_LOCK_TIMEOUT_S
 
     @property
     def path(self) -> Path:

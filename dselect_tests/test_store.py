@@ -40,3 +40,66 @@ def test_a_failing_migration_is_rolled_back_and_not_recorded(tmp_path):
     else:
         raise AssertionError("expected the migration to fail")
     assert con.execute("SELECT count(*) FROM schema_version").fetchone() == (0,)
+
+
+HOLD_OPEN = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == "ro")
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+FRESH_READER = """
+import sys
+from dselect_assets.core import store
+with store.connect(sys.argv[1], read_only=True, lock_timeout_s=10) as con:
+    print(con.execute("SELECT count(*) FROM shards").fetchone()[0])
+"""
+
+
+def _hold(db, mode):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(db), mode], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_a_fresh_process_reads_beside_another_reader_without_taking_the_write_lock(tmp_path):
+    """The first read-only connection of a process must not open the file writable."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    db = tmp_path / "s.duckdb"
+    with store.connect(db):
+        pass
+    holder = _hold(db, "ro")  # a notebook reading the store: a writer could not open now
+    try:
+        repo = Path(__file__).resolve().parents[1]
+        out = subprocess.run([sys.executable, "-c", FRESH_READER, str(db)], cwd=repo, capture_output=True,
+                             text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "0"
+
+
+def test_a_held_lock_fails_after_the_bounded_wait_naming_the_file(tmp_path):
+    import pytest
+
+    db = tmp_path / "w.duckdb"
+    with store.connect(db):
+        pass
+    holder = _hold(db, "rw")
+    try:
+        with pytest.raises(store.StoreLockTimeout, match=r"w\.duckdb: still locked by another process"):
+            with store.connect(db, lock_timeout_s=1):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.connect(db, lock_timeout_s=10) as con:  # released: the next writer gets in
+        assert con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == len(store.migration_files())

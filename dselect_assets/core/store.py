@@ -10,6 +10,7 @@ transaction per chunk.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Iterator
@@ -17,10 +18,16 @@ from pathlib import Path
 
 import duckdb
 
+_log = logging.getLogger(__name__)
+
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked")
 _migrated: set[str] = set()
+# Every connection is one short transaction, so a wait this long means something holds the
+# file open (a notebook, a stuck process): fail and say so rather than stall a run.
+DEFAULT_LOCK_TIMEOUT_S = 120.0
+LOCK_WAIT_WARN_S = 5.0
 
 
 class StoreLockTimeout(RuntimeError):
@@ -65,39 +72,76 @@ def _is_lock_error(exc: Exception) -> bool:
     return any(marker in str(exc) for marker in _LOCK_MARKERS)
 
 
-@contextlib.contextmanager
-def connect(
-    database: str | Path, read_only: bool = False, lock_timeout_s: float = 600.0
-) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the database, waiting (with jittered backoff) while another process holds it.
+def latest_schema_version(sql_dir: Path = SQL_DIR) -> int:
+    return int(migration_files(sql_dir)[-1].name[:3])
 
-    The first writable connection in a process applies pending migrations.
-    A read-only connection to a file that does not exist yet is opened writable
-    once so the schema exists.
+
+def _open(database: str, read_only: bool, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, waiting with jittered backoff while another process holds the file.
+
+    The wait is bounded and logged: past a few seconds it says so, and at the limit the
+    error carries DuckDB's own message, which names the process holding the lock.
     """
-    database = str(database)
-    Path(database).parent.mkdir(parents=True, exist_ok=True)
-    if read_only and (database not in _migrated or not Path(database).exists()):
-        read_only = False
-    deadline = time.monotonic() + lock_timeout_s
-    delay = 0.05
+    started = time.monotonic()
+    delay, warned = 0.02, False
     while True:
         try:
             con = duckdb.connect(database, read_only=read_only)
-            break
         except duckdb.Error as exc:
             if not _is_lock_error(exc):
                 raise
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - started
+            if waited > lock_timeout_s:
                 raise StoreLockTimeout(
-                    f"{database}: still locked by another process after {lock_timeout_s:.0f}s"
+                    f"{database}: still locked by another process after {waited:.0f}s "
+                    f"(limit lock_timeout_s={lock_timeout_s:.0f}): {exc}"
                 ) from exc
+            if waited > LOCK_WAIT_WARN_S and not warned:
+                _log.warning("%s: waiting for another process's lock (%.1fs so far): %s", database, waited, exc)
+                warned = True
             time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, 0.5)
+            continue
+        if warned:
+            _log.warning("%s: got the lock after %.1fs", database, time.monotonic() - started)
+        return con
+
+
+def _schema_is_current(database: str, lock_timeout_s: float) -> bool:
+    if not Path(database).exists():
+        return False
+    con = _open(database, True, lock_timeout_s)
     try:
-        if not read_only and database not in _migrated:
-            apply_migrations(con)
-            _migrated.add(database)
+        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    except duckdb.CatalogException:
+        return False
+    finally:
+        con.close()
+    return row is not None and row[0] == latest_schema_version()
+
+
+@contextlib.contextmanager
+def connect(
+    database: str | Path, read_only: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short connection to the store; migrations are applied once per process, by a writer.
+
+    A read-only connection never takes the write lock: it checks that the schema is
+    current and only when it is not (a new or older store) opens a writer once to
+    migrate it, then reads read-only.
+    """
+    database = str(database)
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if database not in _migrated:
+        if not (read_only and _schema_is_current(database, lock_timeout_s)):
+            con = _open(database, False, lock_timeout_s)
+            try:
+                apply_migrations(con)
+            finally:
+                con.close()
+        _migrated.add(database)
+    con = _open(database, read_only, lock_timeout_s)
+    try:
         yield con
     finally:
         con.close()

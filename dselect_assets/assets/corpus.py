@@ -74,7 +74,9 @@ def _drop_ids_taken_by_other_shards(
 def documents(
     context: dg.AssetExecutionContext, config: IngestConfig, paths: DataPaths, store: DuckDBStore
 ) -> dg.MaterializeResult:
-    shard = context.partition_key
+    from dselect_assets.core.shard_keys import validate_shard_key  # a key added by hand may be '../x'
+
+    shard = validate_shard_key(context.partition_key)  # refused before any file or store is touched
     source = paths.corpus / shard
     try:
         fmt = shard_format(source)

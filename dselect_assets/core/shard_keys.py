@@ -30,7 +30,7 @@ def _refuse(key: object, why: str) -> InvalidShardKey:
 def validate_shard_key(key: object) -> str:
     """Return `key` unchanged if it is a plain, visible file name; raise InvalidShardKey otherwise."""
     if not isinstance(key, str):
-        raise _refuse(key, f"it is a {type(key).__name__}, not a string")
+        raise _refuse(key, f"it is of type {type(key).__name__}, not a string")
     if key == "":
         raise _refuse(key, "it is empty")
     if "\x00" in key:

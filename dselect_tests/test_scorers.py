@@ -33,6 +33,18 @@ NATURAL = [
     "code that a processor can execute directly.",
 ]
 JUNK = "click here!!! free free free >>> buy now cheap deals lol"
+# Paraphrase pairs on five unrelated topics, with few words in common inside a pair.
+PARAPHRASES = [
+    ("The cat is sleeping on the sofa.", "A kitten naps on the couch."),
+    ("Interest rates were raised by the central bank to fight inflation.",
+     "To curb rising prices, the monetary authority increased borrowing costs."),
+    ("He scored the winning goal in the final minute of the match.",
+     "In the last minute of the game, his strike won it for the team."),
+    ("Boil the pasta in salted water for ten minutes.",
+     "Cook the noodles in boiling, salty water for about ten minutes."),
+    ("The patient was given antibiotics for a bacterial infection.",
+     "Doctors prescribed the sick man medicine to kill the bacteria."),
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +78,31 @@ def test_embedder_shape_norm_and_batch_invariance(embedder):
     shuffled = embedder.embed(texts[::-1])[::-1]
     np.testing.assert_allclose(shuffled, vectors, atol=1e-5)
     assert embedder.embed([]).shape == (0, 384)
-    # Related sentences are closer than unrelated ones.
-    assert vectors[0] @ vectors[1] < 0.9
+
+
+def test_embedder_puts_paraphrases_closer_than_unrelated_sentences(embedder):
+    """sim(a, a') > sim(a, b) for every pair: each sentence's nearest other sentence is its paraphrase."""
+    texts = [text for pair in PARAPHRASES for text in pair]
+    vectors = embedder.embed(texts)
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    partner = np.arange(len(texts)) ^ 1  # 0<->1, 2<->3, ...
+    for i, text in enumerate(texts):
+        nearest = int(np.argmax(similarity[i]))
+        assert nearest == partner[i], (
+            f"{text!r}: nearest is {texts[nearest]!r} ({similarity[i, nearest]:.3f}), "
+            f"not its paraphrase ({similarity[i, partner[i]]:.3f})"
+        )
 
 
 def test_embedder_matches_sentence_transformers(embedder):
-    st = pytest.importorskip("sentence_transformers")
-    reference = st.SentenceTransformer(str(default_embedder_path()), device="cpu")
-    expected = reference.encode(NATURAL + [JUNK], normalize_embeddings=True)
-    np.testing.assert_allclose(embedder.embed(NATURAL + [JUNK]), expected, atol=1e-5)
+    # A declared test dependency (pyproject `test` extra): a missing install fails here, never skips.
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(default_embedder_path()), device="cpu")
+    texts = NATURAL + [JUNK, "short"]  # different lengths: the batch is padded
+    expected = reference.encode(texts, normalize_embeddings=True, batch_size=len(texts))
+    np.testing.assert_allclose(embedder.embed(texts), expected, atol=1e-5)
 
 
 def test_embedder_identity_names_model_hash(embedder):

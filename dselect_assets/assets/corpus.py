@@ -1,11 +1,13 @@
 """Corpus ingestion: one `documents` partition per shard file, and the sensor that finds new files."""
 
 import json
+import os
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import polars as pl
 
 from dselect_assets.assets.common import insert_frame, markdown_table, record_run, register_artifact, shards
@@ -46,22 +48,40 @@ def _quarantine_whole_file(store: DuckDBStore, shard: str, reason: str, run_id: 
         )
 
 
-def _drop_ids_taken_by_other_shards(
-    store: DuckDBStore, shard: str, documents_file: Path
+def _ids_taken_by_other_shards(
+    con: duckdb.DuckDBPyConnection, shard: str, documents_file: Path
 ) -> list[tuple[int, str, str]]:
-    """Rows whose id another shard already holds: rewrite the file without them, return them."""
-    with store.connect(read_only=True) as con:
-        clashes = con.execute(
-            "SELECT p.row_number, p.doc_id, d.shard || ' row ' || d.row_number"
-            " FROM read_parquet(?) p JOIN documents d ON p.doc_id = d.doc_id AND d.shard <> ?"
-            " ORDER BY p.row_number",
-            [str(documents_file), shard],
-        ).fetchall()
-    if clashes:
-        bad_rows = [row for row, _, _ in clashes]
-        kept = pl.read_parquet(documents_file).filter(~pl.col("row_number").is_in(bad_rows))
-        kept.write_parquet(documents_file, compression="zstd")
-    return clashes
+    """(row, id, where) of rows whose id another shard already holds.
+
+    Run inside the transaction that inserts the shard: DuckDB admits one writer
+    process at a time, so no other shard can take the same id in between.
+    """
+    return con.execute(
+        "SELECT p.row_number, p.doc_id, d.shard || ' row ' || d.row_number"
+        " FROM read_parquet(?) p JOIN documents d ON p.doc_id = d.doc_id AND d.shard <> ?"
+        " ORDER BY p.row_number",
+        [str(documents_file), shard],
+    ).fetchall()
+
+
+def _write_atomically(path: Path, write):
+    """write(tmp), then rename it to path: a kill mid-write never leaves a partial file under a
+    name the store may already point at (re-ingesting the same bytes reuses the name)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        result = write(tmp)
+        os.replace(tmp, path)
+        return result
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _without_rows(documents_file: Path, rows: list[int]) -> Path:
+    """A copy of the documents file without `rows`, under its own name (the original may be in use)."""
+    kept = pl.read_parquet(documents_file).filter(~pl.col("row_number").is_in(rows))
+    out = documents_file.with_name(f"{documents_file.stem}-without-{len(rows)}.parquet")
+    _write_atomically(out, lambda tmp: kept.write_parquet(tmp, compression="zstd"))
+    return out
 
 
 @dg.asset(
@@ -85,7 +105,7 @@ def documents(
         file_hash = file_sha256(source)
         # Content-addressed name: the previous file stays valid until the new one is committed.
         out_file = paths.dir("documents", shard) / f"{file_hash[:16]}.parquet"
-        summary = write_documents(source, out_file, config.max_document_bytes)
+        summary = _write_atomically(out_file, lambda tmp: write_documents(source, tmp, config.max_document_bytes))
     except (ShardReadError, PermissionError, OSError) as exc:
         reason = str(exc)
         _quarantine_whole_file(store, shard, reason, context.run.run_id)
@@ -94,15 +114,17 @@ def documents(
             metadata={"shard": shard, "reason": reason},
         ) from exc
 
-    clashes = _drop_ids_taken_by_other_shards(store, shard, out_file)
-    rejections = [(r.row_number, r.doc_id, r.reason, r.excerpt) for r in summary.rejections]
-    rejections += [
-        (row, doc_id, f"duplicate id {doc_id!r}: already used by shard {where}", "")
-        for row, doc_id, where in clashes
-    ]
-    n_documents = summary.n_documents - len(clashes)
-
+    read_file = out_file
     with store.transaction() as con:
+        clashes = _ids_taken_by_other_shards(con, shard, read_file)
+        if clashes:
+            out_file = _without_rows(read_file, [row for row, _, _ in clashes])
+        rejections = [(r.row_number, r.doc_id, r.reason, r.excerpt) for r in summary.rejections]
+        rejections += [
+            (row, doc_id, f"duplicate id {doc_id!r}: already used by shard {where}", "")
+            for row, doc_id, where in clashes
+        ]
+        n_documents = summary.n_documents - len(clashes)
         previous = con.execute(
             "SELECT documents_file FROM shards WHERE shard = ?", [shard]
         ).fetchone()
@@ -145,8 +167,8 @@ def documents(
         record_run(con, context, config.model_dump(), outputs=outputs)
         n_corpus = con.execute("SELECT count(*) FROM contents").fetchone()[0]
 
-    if previous and previous[0] != str(out_file):
-        Path(previous[0]).unlink(missing_ok=True)
+    for stale in {previous[0] if previous else None, str(read_file)} - {None, str(out_file)}:
+        Path(stale).unlink(missing_ok=True)
 
     reasons = Counter(reason.split(":")[0].split(" (")[0] for _, _, reason, _ in rejections)
     context.log.info(f"{shard}: {n_documents} documents, {len(rejections)} quarantined, {n_duplicates} duplicates")

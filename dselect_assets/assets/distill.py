@@ -1,0 +1,365 @@
+"""Distilled Ask-LLM: the judge scores a sample, a probe over the embeddings scores every shard.
+
+`ask_llm_probe` (corpus-wide) draws the seeded stratified sample, makes sure the
+judge has scored it (cached judge scores are reused, missing ones are scored
+and stored under the judge's own producer, so `ask_llm_scores` reuses them in
+turn), fits the probe and measures it against the judge on documents it never
+saw. `ask_llm_distilled_scores[shard]` predicts from the stored embeddings
+only: a shard that arrives after the fit costs one matrix product, no judge.
+The algorithms live in `dselect_assets.core.distill`.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from dselect_assets.assets import checks
+from dselect_assets.assets.common import insert_frame, markdown_table, record_run, register_artifact, shards
+from dselect_assets.assets.plots import histogram_markdown, summary
+from dselect_assets.assets.scoring import load_model, missing_documents, register_producer, run_in_chunks
+from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, shard_texts, texts_for
+from dselect_assets.core import distill
+from dselect_assets.core.hashing import content_hash
+from dselect_assets.core.hashing import producer_id as make_producer_id
+from dselect_assets.core.judge_eval import ProbeFileError, load_probe, roc_auc
+from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, EmbedderResource
+
+KIND = "ask_llm_distilled"
+PROBE_ARTIFACT = "ask_llm_probe"
+
+
+class ProbeConfig(dg.Config):
+    sample_size: int = 3000  # documents the judge scores; a corpus this small is judged whole
+    seed: int = 0
+    heldout_fraction: float = 0.25  # of the sample, never fit on: the agreement is measured there
+    model: str = "auto"  # auto: the best of ridge (each alpha) and the MLP by cross-validation
+    ridge_alphas: list[float] = [0.01, 0.1, 1.0, 10.0, 100.0]
+    mlp_hidden: int = 256
+    mlp_epochs: int = 300
+    cv_folds: int = 5
+    min_train_documents: int = 20
+    # Verdict: the probe is "behind" when its labelled-probe ROC-AUC is more than auc_margin
+    # below the judge's, or its held-out Spearman with the judge is below min_spearman.
+    auc_margin: float = 0.03
+    min_spearman: float = 0.8
+    labelled_probe_path: str = ""  # default: $DSELECT_HOME/eval/judge_probe.jsonl, as the score assets
+    chunk_size: int = 64  # judge documents per committed chunk
+    timing_documents: int = 32  # judge re-timed on this many held-out documents when all were cached
+
+    def fit_config(self) -> distill.FitConfig:
+        return distill.FitConfig(
+            model=self.model, ridge_alphas=tuple(self.ridge_alphas), mlp_hidden=self.mlp_hidden,
+            mlp_epochs=self.mlp_epochs, cv_folds=self.cv_folds, seed=self.seed, min_train=self.min_train_documents,
+        )
+
+
+def labelled_probe_file(paths: DataPaths, configured: str) -> Path:
+    return Path(configured) if configured else paths.root / "eval" / "judge_probe.jsonl"
+
+
+def _judge_rows(store: DuckDBStore, producer: str, hashes: list[str]) -> np.ndarray:
+    """[len(hashes), 2] (value, value_norm) of `producer`, NaN where absent or unscorable."""
+    wanted = pl.DataFrame({"content_hash": hashes, "position": np.arange(len(hashes))})
+    with store.connect(read_only=True) as con:
+        con.register("wanted", wanted.to_arrow())
+        rows = con.execute(
+            "SELECT w.position, s.value, s.value_norm FROM wanted w JOIN scores s"
+            " ON s.content_hash = w.content_hash AND s.producer_id = ?",
+            [producer],
+        ).fetchall()
+    out = np.full((len(hashes), 2), np.nan)
+    for pos, value, norm in rows:
+        out[pos] = (np.nan if value is None else value, np.nan if norm is None else norm)
+    return out
+
+
+def _score_with_judge(context, store: DuckDBStore, scorer, producer: str, hashes: list[str],
+                      chunk_size: int) -> tuple[int, float]:
+    """Judge the documents among `hashes` it has not scored yet; (documents scored, seconds)."""
+    todo = missing_documents(store, texts_for(store, hashes), producer, "scores")
+    seconds = 0.0
+
+    def commit(chunk: pl.DataFrame) -> None:
+        nonlocal seconds
+        started = time.perf_counter()
+        values = np.asarray(scorer.score(chunk["text"].to_list()), dtype=np.float64)
+        seconds += time.perf_counter() - started
+        rows = pl.DataFrame({
+            "content_hash": chunk["content_hash"],
+            "producer_id": producer,
+            "value": pl.Series(values[:, 0], dtype=pl.Float64).fill_nan(None),
+            "value_norm": pl.Series(values[:, 1], dtype=pl.Float64).fill_nan(None),
+            "problem": pl.Series(np.where(np.isnan(values[:, 0]), "could not be scored (tokenizes to too few tokens)",
+                                          None), dtype=pl.String),
+            "run_id": context.run.run_id,
+        })
+        with store.transaction() as con:
+            insert_frame(con, "scores", rows, ignore_existing=True)
+
+    run_in_chunks(context, todo, chunk_size, commit)
+    return todo.height, seconds
+
+
+def _labelled_documents(path: Path, corpus: set[str], exclude: set[str], log) -> tuple[list[str], list[int]]:
+    """Hashes and labels of labelled-probe documents in the corpus that the probe was not fit on."""
+    try:
+        probe = load_probe(path)
+    except ProbeFileError as exc:
+        log.warning(f"no labelled probe to measure ROC-AUC on: {exc}")
+        return [], []
+    seen: set[str] = set()
+    hashes, labels = [], []
+    for text, label in zip(probe.texts, probe.labels):
+        h = content_hash(text)
+        if h in corpus and h not in exclude and h not in seen:
+            seen.add(h)
+            hashes.append(h)
+            labels.append(label)
+    return hashes, labels
+
+
+def _best_seconds(fn, repeats: int = 5) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _round(value: float, digits: int = 4):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), digits)
+
+
+def find_probe(store: DuckDBStore, embedding_producer: str, wanted: str = "") -> "tuple[str, Path]":
+    """(producer id, file) of the newest probe fitted on `embedding_producer` vectors, or of `wanted`."""
+    rows = store.query(
+        "SELECT a.producer_id, a.path, p.identity_json FROM artifacts a JOIN producers p USING (producer_id)"
+        " WHERE a.kind = ? ORDER BY a.created_at DESC",
+        [PROBE_ARTIFACT],
+    )
+    for producer, path, identity in rows:
+        if wanted and producer != wanted:
+            continue
+        if json.loads(identity).get("embedder") == embedding_producer and Path(path).is_file():
+            return producer, Path(path)
+    which = f"probe {wanted}" if wanted else "no Ask-LLM probe"
+    raise MissingUpstream(f"{which} fitted on embeddings from {embedding_producer} was found; "
+                          "materialize ask_llm_probe first")
+
+
+@dg.asset(
+    deps=[dg.AssetDep("embeddings", partition_mapping=dg.AllPartitionMapping()), "documents"],
+    group_name="scores",
+    kinds={"pytorch", "numpy", "duckdb"},
+    check_specs=[dg.AssetCheckSpec("probe_keeps_up", asset="ask_llm_probe", blocking=False,
+                                   description="held-out Spearman with the judge and labelled-probe ROC-AUC "
+                                   "within the configured margins")],
+    description="Ask-LLM at embedding cost: the judge scores a seeded sample stratified by shard and length, "
+    "a probe (ridge or one-hidden-layer MLP, chosen by cross-validation) learns the judge's logit P(yes) from "
+    "the embeddings; agreement with the judge on held-out documents, ROC-AUC on the labelled probe and the "
+    "cost of each are reported.",
+)
+def ask_llm_probe(
+    context: dg.AssetExecutionContext,
+    config: ProbeConfig,
+    judge: AskLLMJudgeResource,
+    embedder: EmbedderResource,
+    store: DuckDBStore,
+    paths: DataPaths,
+) -> dg.MaterializeResult:
+    scorer = load_model(judge)
+    judge_producer = make_producer_id("ask_llm", **scorer.identity)
+    register_producer(store, judge_producer, "ask_llm", scorer.identity)
+    embedding_producer = make_producer_id("embedding", **load_model(embedder).identity)
+
+    corpus = pl.DataFrame(store.query("SELECT content_hash, shard, n_chars FROM contents ORDER BY content_hash"),
+                          schema={"content_hash": pl.String, "shard": pl.String, "n_chars": pl.Int64}, orient="row")
+    hashes = corpus["content_hash"].to_list()
+    if not hashes:
+        raise dg.Failure("no documents in the corpus; materialize documents for at least one shard")
+    strata = distill.length_strata(corpus["shard"].to_list(), corpus["n_chars"].to_list())
+    sample = [hashes[i] for i in distill.stratified_sample(hashes, strata, config.sample_size, config.seed)]
+    held = distill.heldout_mask(sample, config.heldout_fraction, config.seed)
+    train = [h for h, out in zip(sample, held) if not out]
+    heldout = [h for h, out in zip(sample, held) if out]
+
+    probe_path = labelled_probe_file(paths, config.labelled_probe_path)
+    labelled, labels = _labelled_documents(probe_path, set(hashes), set(train), context.log)
+    needed = list(dict.fromkeys(sample + labelled))
+    judged_now, judge_seconds = _score_with_judge(context, store, scorer, judge_producer, needed, config.chunk_size)
+
+    try:
+        x_train = load_embeddings(store, embedding_producer, train)
+        x_held = load_embeddings(store, embedding_producer, heldout)
+        x_lab = load_embeddings(store, embedding_producer, labelled)
+    except MissingUpstream as exc:
+        raise dg.Failure(f"ask_llm_probe: {exc}") from exc
+    y_train, y_held = _judge_rows(store, judge_producer, train), _judge_rows(store, judge_producer, heldout)
+    try:
+        probe = distill.fit_probe(x_train, y_train, config.fit_config())
+    except distill.DistillError as exc:
+        raise dg.Failure(f"ask_llm_probe: {exc}") from exc
+
+    held_agree = distill.agreement(probe.predict(x_held), y_held) if heldout else {"documents": 0}
+    y_lab = _judge_rows(store, judge_producer, labelled)
+    judge_auc = roc_auc(y_lab[:, 1], labels) if labelled else float("nan")
+    probe_auc = roc_auc(probe.predict(x_lab)[:, 1], labels) if labelled else float("nan")
+
+    # Cost per 1,000 documents. The judge's time is its forward passes in this run; when
+    # every document was cached it is re-timed on a few held-out documents.
+    if judged_now < config.timing_documents and config.timing_documents > 0 and heldout:
+        texts = texts_for(store, heldout[: config.timing_documents])["text"].to_list()
+        judge_seconds, judged_timed = _best_seconds(lambda: scorer.score(texts), repeats=1), len(texts)
+    else:
+        judged_timed = judged_now
+    x_all = np.vstack([x_train, x_held])
+    probe_seconds = _best_seconds(lambda: probe.predict(x_all))
+    judge_s_per_k = 1000 * judge_seconds / judged_timed if judged_timed else float("nan")
+    probe_s_per_k = 1000 * probe_seconds / max(x_all.shape[0], 1)
+
+    spearman_norm = held_agree.get("spearman_value_norm", float("nan"))
+    verdict = distill.verdict(judge_auc, probe_auc, spearman_norm, config.auc_margin, config.min_spearman)
+    fit = config.fit_config().identity()
+    producer = distill.probe_producer_id(judge_producer, embedding_producer, train, heldout, fit)
+    metrics = {
+        "heldout_documents": held_agree["documents"],
+        "heldout_spearman": _round(spearman_norm),
+        "heldout_kendall": _round(held_agree.get("kendall_value_norm", float("nan"))),
+        "heldout_spearman_p_yes": _round(held_agree.get("spearman_value", float("nan"))),
+        "heldout_kendall_p_yes": _round(held_agree.get("kendall_value", float("nan"))),
+        "labelled_probe_documents": len(labelled),
+        "judge_roc_auc": _round(judge_auc, 3),
+        "probe_roc_auc": _round(probe_auc, 3),
+        "judge_seconds_per_1000_docs": _round(judge_s_per_k, 2),
+        "probe_seconds_per_1000_docs": _round(probe_s_per_k, 6),
+        "probe_speedup_vs_judge": _round(judge_s_per_k / probe_s_per_k if probe_s_per_k > 0 else float("nan"), 0),
+        "verdict": verdict,
+    }
+    probe.meta.update({"producer_id": producer, "judge": judge_producer, "embedder": embedding_producer,
+                       "metrics": metrics})
+    out_file = paths.dir("probes") / f"{producer.replace(':', '-')}.npz"
+    probe.save(out_file)
+    identity = {"code": distill.DISTILL_VERSION, "judge": judge_producer, "embedder": embedding_producer,
+                "sample_documents": len(sample), "seed": config.seed, "fit": fit, "probe_file": str(out_file)}
+    register_producer(store, producer, KIND, identity)
+    stats = {
+        "corpus_documents": len(hashes),
+        "sample_documents": len(sample),
+        "train_documents": probe.meta["train_documents"],
+        "judge_scored_now": judged_now,
+        "judge_reused_from_cache": len(needed) - judged_now,
+    }
+    with store.transaction() as con:
+        register_artifact(con, out_file, PROBE_ARTIFACT, context.run.run_id, producer, None, len(train))
+        record_run(con, context, config.model_dump(), producer, outputs={**stats, **metrics})
+
+    n = len(hashes)
+    table = markdown_table(["", "judge", "probe"], [
+        ("ROC-AUC on the labelled probe (normalized P(yes))", metrics["judge_roc_auc"], metrics["probe_roc_auc"]),
+        ("seconds per 1,000 documents", metrics["judge_seconds_per_1000_docs"], metrics["probe_seconds_per_1000_docs"]),
+        (f"projected seconds for all {n} documents", _round(judge_s_per_k * n / 1000, 1),
+         _round(probe_s_per_k * n / 1000, 4)),
+    ])
+    keeps_up = verdict.startswith("keeps up")
+    return dg.MaterializeResult(
+        metadata={
+            **stats,
+            **{k: v for k, v in metrics.items() if v is not None},
+            "producer_id": producer,
+            "judge_producer": judge_producer,
+            "embedding_producer": embedding_producer,
+            "chosen_model": probe.meta["chosen"],
+            "cv_spearman": dg.MetadataValue.json(probe.meta["cv_spearman"]),
+            "judge_vs_probe": dg.MetadataValue.md(table),
+            "probe_file": dg.MetadataValue.path(str(out_file)),
+            "labelled_probe_file": dg.MetadataValue.path(str(probe_path)),
+        },
+        data_version=dg.DataVersion(producer),
+        check_results=[dg.AssetCheckResult(
+            check_name="probe_keeps_up", passed=keeps_up,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"verdict": verdict, "auc_margin": config.auc_margin, "min_spearman": config.min_spearman},
+        )],
+    )
+
+
+class DistilledScoresConfig(dg.Config):
+    probe_producer: str = ""  # empty: the newest probe fitted on the configured embedder's vectors
+    chunk_size: int = 4096
+
+
+@dg.asset(
+    partitions_def=shards,
+    deps=["embeddings", "ask_llm_probe"],
+    group_name="scores",
+    kinds={"numpy", "duckdb"},
+    automation_condition=dg.AutomationCondition.eager(),
+    check_specs=[checks.spec("score_range", "ask_llm_distilled_scores", "predicted P(yes) in [0, 1]")],
+    description="Distilled Ask-LLM scores of a shard: the probe's predicted P(yes) and normalized P(yes) "
+    "from the stored embeddings, with no judge run.",
+)
+def ask_llm_distilled_scores(
+    context: dg.AssetExecutionContext,
+    config: DistilledScoresConfig,
+    embedder: EmbedderResource,
+    store: DuckDBStore,
+    paths: DataPaths,
+) -> dg.MaterializeResult:
+    shard = context.partition_key
+    embedding_producer = make_producer_id("embedding", **load_model(embedder).identity)
+    try:
+        producer, probe_file = find_probe(store, embedding_producer, config.probe_producer)
+    except MissingUpstream as exc:
+        raise dg.Failure(f"ask_llm_distilled_scores[{shard}]: {exc}") from exc
+    probe = distill.Probe.load(probe_file)
+    docs = shard_texts(store, shard)
+    todo = missing_documents(store, docs, producer, "scores")
+
+    def commit(chunk: pl.DataFrame) -> None:
+        hashes = chunk["content_hash"].to_list()
+        values = probe.predict(load_embeddings(store, embedding_producer, hashes))
+        with store.transaction() as con:
+            insert_frame(con, "scores", pl.DataFrame({
+                "content_hash": hashes,
+                "producer_id": producer,
+                "value": pl.Series(values[:, 0], dtype=pl.Float64),
+                "value_norm": pl.Series(values[:, 1], dtype=pl.Float64),
+                "problem": pl.Series([None] * len(hashes), dtype=pl.String),
+                "run_id": context.run.run_id,
+            }), ignore_existing=True)
+
+    try:
+        run_in_chunks(context, todo, config.chunk_size, commit)
+    except MissingUpstream as exc:
+        raise dg.Failure(f"ask_llm_distilled_scores[{shard}]: {exc}") from exc
+    with store.connect(read_only=True) as con:
+        con.register("shard_docs", docs.select("content_hash").to_arrow())
+        value = np.asarray(con.execute(
+            "SELECT s.value_norm FROM shard_docs d JOIN scores s ON s.content_hash = d.content_hash"
+            " AND s.producer_id = ?", [producer]).fetchnumpy()["value_norm"], dtype=np.float64)
+    stats = {"documents": docs.height, "scored_now": todo.height, "reused_from_cache": docs.height - todo.height}
+    with store.transaction() as con:
+        record_run(con, context, config.model_dump(), producer, outputs=stats)
+    # The probe's measured agreement is repeated on every shard, so a reader of any shard's
+    # scores sees how far they can be trusted.
+    fit_metrics = {f"fit_{k}": v for k, v in probe.meta.get("metrics", {}).items() if v is not None}
+    return dg.MaterializeResult(
+        metadata={
+            **stats,
+            "producer_id": producer,
+            "judge_producer": probe.meta.get("judge", ""),
+            "probe_model": probe.meta.get("chosen", probe.kind),
+            **fit_metrics,
+            "summary": dg.MetadataValue.json(summary(value)),
+            "histogram": dg.MetadataValue.md(histogram_markdown(value)),
+            "probe_file": dg.MetadataValue.path(str(probe_file)),
+        },
+        data_version=dg.DataVersion(f"{producer}:{docs.height}"),
+        check_results=[checks.score_range(context.asset_key.to_user_string(), value, 0.0, 1.0)],
+    )

@@ -1,0 +1,210 @@
+"""Distilled Ask-LLM: sample, fit, identity, and a new shard scored by the probe alone."""
+
+import shutil
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from dselect_assets.assets import corpus, distill, scoring
+from dselect_assets.core import distill as core
+from dselect_assets.core.models import ModelLoadError
+from dselect_assets.resources import AskLLMJudgeResource
+from dselect_tests.pipeline_fixtures import build_source_corpus, materialization_metadata, small_resources, write_slice
+
+FIT = {"judge": "ask_llm:aaaa", "embedder": "embedding:bbbb", "fit": core.FitConfig().identity()}
+
+
+def probe_id(judge="ask_llm:aaaa", embedder="embedding:bbbb", train=("h1", "h2", "h3"), heldout=("h4",), fit=None):
+    return core.probe_producer_id(judge, embedder, list(train), list(heldout), fit or core.FitConfig().identity())
+
+
+def test_producer_id_changes_with_judge_embedder_sample_and_fit():
+    base = probe_id()
+    assert base.startswith("ask_llm_distilled:")
+    assert probe_id() == base
+    assert probe_id(train=("h3", "h1", "h2")) == base  # the sample is a set, not an order
+    changed = [
+        probe_id(judge="ask_llm:cccc"),
+        probe_id(embedder="embedding:dddd"),
+        probe_id(train=("h1", "h2", "h5")),
+        probe_id(train=("h1", "h2"), heldout=("h3", "h4")),
+        probe_id(fit=core.FitConfig(model="ridge").identity()),
+        probe_id(fit=core.FitConfig(seed=1).identity()),
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_stratified_sample_is_proportional_seeded_and_exact():
+    hashes = [f"{i:064x}" for i in range(400)]
+    strata = ["a"] * 300 + ["b"] * 100
+    picked = core.stratified_sample(hashes, strata, 40, seed=0)
+    assert len(picked) == 40 and len(set(picked.tolist())) == 40
+    assert (picked < 300).sum() == 30 and (picked >= 300).sum() == 10
+    assert np.array_equal(picked, core.stratified_sample(hashes, strata, 40, seed=0))
+    assert not np.array_equal(picked, core.stratified_sample(hashes, strata, 40, seed=1))
+    assert np.array_equal(core.stratified_sample(hashes, strata, 1000, seed=0), np.arange(400))
+    # The corpus grows by a new stratum and the sample by its share: stratum a keeps its quota
+    # (300 * 50 / 500 = 30) and the very same documents, since a document's key does not move.
+    grown = core.stratified_sample(hashes + [f"{i:064x}" for i in range(400, 500)], strata + ["c"] * 100, 50, seed=0)
+    assert set(picked[picked < 300].tolist()) == set(grown[grown < 300].tolist())
+    assert (grown >= 400).sum() == 10
+    mask = core.heldout_mask(hashes[:40], 0.25, seed=0)
+    assert mask.sum() == 10
+
+
+def test_length_strata_split_each_shard_by_corpus_quartile():
+    labels = core.length_strata(["s1"] * 4 + ["s2"] * 4, [10, 20, 30, 40, 10, 20, 30, 40])
+    assert labels[:4] == ["s1|len0", "s1|len1", "s1|len2", "s1|len3"]
+    assert labels[4:] == ["s2|len0", "s2|len1", "s2|len2", "s2|len3"]
+
+
+def unit_rows(rng, n, d):
+    x = rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def test_fit_refuses_too_few_or_one_class_labels():
+    rng = np.random.default_rng(0)
+    x = unit_rows(rng, 50, 16)
+    varied = sigmoid(rng.normal(size=(50, 2)))
+    with pytest.raises(core.DistillError, match=r"too few judged documents.*5 usable, at least 20"):
+        core.fit_probe(x[:5], varied[:5], core.FitConfig())
+    with pytest.raises(core.DistillError, match="same score .one class"):
+        core.fit_probe(x, np.full((50, 2), 0.7), core.FitConfig())
+    # Unscorable rows (NaN) are dropped before counting.
+    holes = varied.copy()
+    holes[10:] = np.nan
+    with pytest.raises(core.DistillError, match="10 usable"):
+        core.fit_probe(x, holes, core.FitConfig())
+
+
+def test_fit_recovers_a_known_linear_signal():
+    rng = np.random.default_rng(1)
+    n, d = 500, 32
+    x = unit_rows(rng, n, d)
+    w = rng.normal(size=d)
+    w /= np.linalg.norm(w)
+    z = 3.0 * np.sqrt(d) * (x @ w)  # logit P(yes), spread over about +-6
+    scores = np.stack([sigmoid(z + rng.normal(0, 0.3, n)), sigmoid(0.5 * z + rng.normal(0, 0.3, n))], axis=1)
+    train, test = slice(0, 375), slice(375, None)
+    probe = core.fit_probe(x[train], scores[train], core.FitConfig(model="ridge"))
+    direction = probe.params["W"][:, 0] / np.linalg.norm(probe.params["W"][:, 0])
+    assert float(direction @ w) > 0.95
+    agree = core.agreement(probe.predict(x[test]), scores[test])
+    assert agree["spearman_value"] > 0.95 and agree["spearman_value_norm"] > 0.85
+    # The same features with the labels shuffled carry no signal, and the fit must not invent one.
+    shuffled = scores[rng.permutation(n)]
+    noise = core.fit_probe(x[train], shuffled[train], core.FitConfig(model="ridge"))
+    assert abs(core.agreement(noise.predict(x[test]), shuffled[test])["spearman_value"]) < 0.3
+
+
+def test_model_choice_picks_the_mlp_for_a_nonlinear_signal():
+    rng = np.random.default_rng(2)
+    n, d = 600, 8
+    x = unit_rows(rng, n, d)
+    w = rng.normal(size=d)
+    w /= np.linalg.norm(w)
+    z = 12.0 * (x @ w) ** 2 - 2.0  # symmetric in x . w: no linear model can rank it
+    scores = np.stack([sigmoid(z + rng.normal(0, 0.2, n))] * 2, axis=1)
+    probe = core.fit_probe(x[:450], scores[:450], core.FitConfig(mlp_hidden=64, mlp_epochs=400, mlp_lr=1e-2))
+    assert probe.kind == "mlp" and probe.meta["chosen"].startswith("mlp")
+    assert max(v for k, v in probe.meta["cv_spearman"].items() if k.startswith("ridge")) < 0.3
+    assert core.agreement(probe.predict(x[450:]), scores[450:])["spearman_value"] > 0.7
+
+
+def test_probe_file_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    x = unit_rows(rng, 60, 16)
+    scores = sigmoid(np.stack([x @ rng.normal(size=16)] * 2, axis=1) * 4)
+    for model in ("ridge", "mlp"):
+        probe = core.fit_probe(x, scores, core.FitConfig(model=model, mlp_epochs=20))
+        probe.save(tmp_path / f"{model}.npz")
+        loaded = core.Probe.load(tmp_path / f"{model}.npz")
+        assert loaded.kind == model and loaded.meta["chosen"] == probe.meta["chosen"]
+        assert np.allclose(loaded.predict(x), probe.predict(x))
+    with pytest.raises(core.DistillError, match=r"\[n, 16\]"):
+        loaded.predict(x[:, :8])
+
+
+# ------------------------------------------------------------------ assets, real small models
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return build_source_corpus(tmp_path_factory.mktemp("source"))
+
+
+def judge_rows(resources):
+    return resources["store"].query(
+        "SELECT count(*) FROM scores s JOIN producers p USING (producer_id) WHERE p.kind = 'ask_llm'")[0][0]
+
+
+@pytest.mark.heavy
+def test_probe_fits_on_judged_sample_and_a_new_shard_needs_no_judge(source, tmp_path, instance):
+    src_corpus, src_eval = source
+    home, corpus_dir = tmp_path / "home", tmp_path / "corpus"
+    corpus_dir.mkdir()
+    (home / "eval").mkdir(parents=True)
+    shutil.copy(src_eval / "judge_probe.jsonl", home / "eval" / "judge_probe.jsonl")
+    resources = small_resources(home, corpus_dir)
+    write_slice(src_corpus / "shard-000.jsonl", corpus_dir / "a.jsonl", 0, 32)
+    instance.add_dynamic_partitions("shards", ["a.jsonl"])
+    dg.materialize([corpus.documents, scoring.embeddings], partition_key="a.jsonl", instance=instance,
+                   resources=resources)
+    n_a = resources["store"].query("SELECT count(*) FROM contents")[0][0]
+
+    # Too few documents for the configured minimum: a clear failure, and the judge's
+    # scores of the sample are kept for the next attempt.
+    too_few = dg.materialize([distill.ask_llm_probe], instance=instance, resources=resources, raise_on_error=False,
+                             run_config={"ops": {"ask_llm_probe": {"config": {"min_train_documents": 1000}}}})
+    assert not too_few.success
+    failure = next(e for e in too_few.all_events if e.is_step_failure)
+    assert "too few judged documents" in str(failure.event_specific_data.error)
+    assert judge_rows(resources) == n_a
+
+    config = {"min_train_documents": 10, "mlp_epochs": 50, "timing_documents": 4, "cv_folds": 3}
+    fit = dg.materialize([distill.ask_llm_probe], instance=instance, resources=resources,
+                         run_config={"ops": {"ask_llm_probe": {"config": config}}})
+    meta = materialization_metadata(fit, "ask_llm_probe")
+    assert meta["sample_documents"] == n_a and meta["judge_scored_now"] == 0
+    assert meta["train_documents"] + meta["heldout_documents"] == n_a
+    assert meta["producer_id"].startswith("ask_llm_distilled:")
+    assert meta["judge_seconds_per_1000_docs"] > 0 and meta["probe_seconds_per_1000_docs"] > 0
+    assert meta["verdict"] and "judge_vs_probe" in meta
+    (check,) = fit.get_asset_check_evaluations()
+    assert check.check_name == "probe_keeps_up" and check.metadata["verdict"].value == meta["verdict"]
+
+    scored_a = dg.materialize([distill.ask_llm_distilled_scores], partition_key="a.jsonl", instance=instance,
+                              resources=resources)
+    meta_a = materialization_metadata(scored_a, "ask_llm_distilled_scores")
+    assert meta_a["scored_now"] == n_a and meta_a["producer_id"] == meta["producer_id"]
+    assert meta_a["fit_verdict"] == meta["verdict"]
+
+    # A new shard after the fit, with a judge that cannot even be loaded: scored by the probe alone.
+    write_slice(src_corpus / "shard-001.jsonl", corpus_dir / "b.jsonl", 0, 24)
+    instance.add_dynamic_partitions("shards", ["b.jsonl"])
+    no_judge = AskLLMJudgeResource(model_path=str(tmp_path / "no-judge-here"))
+    with pytest.raises(ModelLoadError):
+        no_judge.load()
+    broken = {**resources, "judge": no_judge}
+    judged_before = judge_rows(resources)
+    grown = dg.materialize([corpus.documents, scoring.embeddings, distill.ask_llm_distilled_scores],
+                           partition_key="b.jsonl", instance=instance, resources=broken)
+    meta_b = materialization_metadata(grown, "ask_llm_distilled_scores")
+    n_b = resources["store"].query("SELECT count(DISTINCT content_hash) FROM documents WHERE shard = 'b.jsonl'")[0][0]
+    assert meta_b["documents"] == n_b > 0 and meta_b["producer_id"] == meta["producer_id"]
+    assert judge_rows(resources) == judged_before
+    values = resources["store"].query(
+        "SELECT s.value, s.value_norm FROM scores s JOIN documents d USING (content_hash)"
+        " WHERE d.shard = 'b.jsonl' AND s.producer_id = ?", [meta["producer_id"]])
+    assert len({v for v, _ in values}) > 1 and all(0 < v < 1 and 0 < w < 1 for v, w in values)
+    assert {c.check_name: c.passed for c in grown.get_asset_check_evaluations()}["score_range"]
+
+    again = dg.materialize([distill.ask_llm_distilled_scores], partition_key="b.jsonl", instance=instance,
+                           resources=broken)
+    assert materialization_metadata(again, "ask_llm_distilled_scores")["reused_from_cache"] == meta_b["documents"]

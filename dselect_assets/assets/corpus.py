@@ -9,14 +9,19 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import polars as pl
+import pydantic
 
 from dselect_assets.assets.common import insert_frame, markdown_table, record_run, register_artifact, shards
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.ingest import (
     DEFAULT_MAX_DOCUMENT_BYTES,
-    SHARD_SUFFIXES,
+    FIELDS_FILE_NAME,
+    FieldMap,
     ShardReadError,
+    hf_dataset_arrow_files,
+    resolve_fields,
     shard_format,
+    shard_format_or_none,
     write_documents,
 )
 from dselect_assets.resources import DataPaths, DuckDBStore
@@ -26,18 +31,60 @@ INGEST_VERSION = "1"
 
 class IngestConfig(dg.Config):
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    # Unset (null) fields come from the fields file's rule for the shard, then the defaults.
+    text_field: str | None = pydantic.Field(
+        default=None, description="Field (dotted path for nested JSON/structs) holding the text; default 'text'."
+    )
+    id_field: str | None = pydantic.Field(
+        default=None, description="Field holding the document id; default 'id', else '<shard>:<row>'."
+    )
+    metadata_fields: list[str] | None = pydantic.Field(
+        default=None, description="Fields carried to the exports as metadata, e.g. ['url', 'source']."
+    )
+    fields_file: str = pydantic.Field(
+        default="",
+        description=f"TOML file of per-shard [[shard]] rules (match, text_field, id_field, metadata_fields); "
+        f"default: $DSELECT_HOME/{FIELDS_FILE_NAME} when it exists. Sensor-launched runs use it.",
+    )
+
+    def field_map(self, shard: str, home: Path) -> FieldMap:
+        fields_file = Path(self.fields_file) if self.fields_file else Path(home) / FIELDS_FILE_NAME
+        if self.fields_file and not fields_file.is_file():
+            raise ShardReadError(f"fields file {fields_file} (fields_file in the documents config) does not exist")
+        return resolve_fields(shard, self.text_field, self.id_field, self.metadata_fields, fields_file)
 
 
 def is_shard_file(path: Path) -> bool:
-    return (
-        path.is_file()
-        and path.suffix.lower() in SHARD_SUFFIXES
-        and not path.name.startswith(".")
-    )
+    # shard_format_or_none, not path.suffix: `c4-train.00000-of-01024.json.gz` has two suffixes.
+    return path.is_file() and shard_format_or_none(path) is not None and not path.name.startswith(".")
 
 
 def list_shard_files(corpus: Path) -> list[Path]:
     return sorted(p for p in corpus.iterdir() if is_shard_file(p)) if corpus.is_dir() else []
+
+
+# A partition key must be a plain file name, so an Arrow file of a Hugging Face dataset
+# directory `wiki/` is keyed `wiki@data-00000-of-00002.arrow` (`wiki@train@...` for a split).
+HF_KEY_SEPARATOR = "@"
+
+
+def list_shards(corpus: Path) -> dict[str, Path]:
+    """Every shard by partition key: the shard files of the corpus directory, then one per Arrow
+    file of each Hugging Face dataset (`save_to_disk`) directory in it."""
+    found = {p.name: p for p in list_shard_files(corpus)}
+    if corpus.is_dir():
+        for directory in sorted(d for d in corpus.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            for arrow in hf_dataset_arrow_files(directory):
+                found.setdefault(HF_KEY_SEPARATOR.join(arrow.relative_to(corpus).parts), arrow)
+    return found
+
+
+def shard_source(corpus: Path, key: str) -> Path:
+    """The file a shard key names: `corpus/key`, or the Arrow file of a dataset directory."""
+    direct = corpus / key
+    if HF_KEY_SEPARATOR in key and not direct.is_file():
+        return list_shards(corpus).get(key, direct)
+    return direct
 
 
 def _quarantine_whole_file(store: DuckDBStore, shard: str, reason: str, run_id: str) -> None:
@@ -97,7 +144,7 @@ def documents(
     from dselect_assets.core.shard_keys import validate_shard_key  # a key added by hand may be '../x'
 
     shard = validate_shard_key(context.partition_key)  # refused before any file or store is touched
-    source = paths.corpus / shard
+    source = shard_source(paths.corpus, shard)  # a Hugging Face dataset's Arrow file lies one level down
     try:
         fmt = shard_format(source)
         if not source.is_file():
@@ -105,7 +152,7 @@ def documents(
         file_hash = file_sha256(source)
         # Content-addressed name: the previous file stays valid until the new one is committed.
         out_file = paths.dir("documents", shard) / f"{file_hash[:16]}.parquet"
-        summary = _write_atomically(out_file, lambda tmp: write_documents(source, tmp, config.max_document_bytes))
+        summary = _write_atomically(out_file, lambda tmp: write_documents(source, tmp, config.max_document_bytes, config.field_map(shard, paths.root), shard))
     except (ShardReadError, PermissionError, OSError) as exc:
         reason = str(exc)
         _quarantine_whole_file(store, shard, reason, context.run.run_id)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages whose human-written text makes dselect's default corpus
-# (see dselect_assets/core/default_corpus.py). Idempotent: when every package is already
+# Install the Debian packages whose human-written text makes dselect's optional technical corpus
+# (dselect_assets/corpus/technical.py; `scripts/setup.sh --technical`). Idempotent: when every package is already
 # installed it touches nothing, so a re-run costs a few dpkg-query calls.
 #
 #   dict-foldoc dict-jargon dict-gcide dict-devil   encyclopedic / dictionary prose (dictd format)

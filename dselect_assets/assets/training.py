@@ -29,6 +29,8 @@ from dselect_assets.core.tiny_lm import GPTConfig
 from dselect_assets.resources import DataPaths, DuckDBStore
 
 TRAINING_RATES = [0.2, 0.6]
+# Bump when a change to this module or to the training/eval code changes the results.
+TRAINING_VERSION = "1"
 training_partitions = dg.StaticPartitionsDefinition(
     [selection_key(s, r) for s in DEFAULT_SAMPLERS for r in TRAINING_RATES] + [FULL_DATA_KEY]
 )
@@ -42,6 +44,7 @@ class TokenizerConfig(dg.Config):
 @dg.asset(
     deps=["eval_sets"],
     group_name="training",
+    code_version=TRAINING_VERSION,
     kinds={"huggingface"},
     description="Byte-level BPE tokenizer trained once on every selectable document (eval sets excluded).",
 )
@@ -93,6 +96,7 @@ def tokenizer_path(paths: DataPaths) -> Path:
     ins={"selections": dg.AssetIn(partition_mapping=same_selection, dagster_type=dg.Nothing)},
     deps=["lm_tokenizer_file"],
     group_name="training",
+    code_version=TRAINING_VERSION,
     kinds={"pytorch", "safetensors"},
     check_specs=[checks.spec("loss_decreased", "checkpoints", "late training loss below early loss")],
     description="A tiny decoder-only LM trained with plain PyTorch on one selection for a fixed token "
@@ -145,6 +149,7 @@ def checkpoints(
             "parameters": result.num_parameters,
             "path": dg.MetadataValue.path(str(out_dir)),
         },
+        data_version=dg.DataVersion(sha),  # the weights file
         check_results=[checks.loss_decreased(losses)],
     )
 
@@ -164,6 +169,7 @@ def latest_checkpoint(store: DuckDBStore, key: str) -> tuple[str, str, str]:
     partitions_def=training_partitions,
     deps=[dg.AssetDep("checkpoints", partition_mapping=dg.IdentityPartitionMapping())],
     group_name="training",
+    code_version=TRAINING_VERSION,
     kinds={"duckdb"},
     check_specs=[checks.spec("perplexity_below_unigram", "eval_metrics", "finite and below a unigram baseline")],
     description="Perplexity of a checkpoint on the held-out in-distribution split and the high-quality set, "
@@ -199,6 +205,7 @@ def eval_metrics(context: dg.AssetExecutionContext, store: DuckDBStore, paths: D
             **{f"ppl_{r[1]}": round(r[2], 3) for r in rows},
             **{f"unigram_ppl_{r[1]}": round(r[5], 3) for r in rows},
         },
+        data_version=dg.DataVersion(make_producer_id("eval", rows=[r[:6] for r in rows])),  # the metrics, not the run
         check_results=[checks.perplexity_sane([(r[1], r[2], r[5]) for r in rows])],
     )
 
@@ -206,6 +213,7 @@ def eval_metrics(context: dg.AssetExecutionContext, store: DuckDBStore, paths: D
 @dg.asset(
     deps=["eval_metrics"],
     group_name="training",
+    code_version=TRAINING_VERSION,
     kinds={"duckdb"},
     description="Held-out perplexity vs sampling rate per sampler, full data as a line, and the change "
     "relative to random at the same rate.",
@@ -226,7 +234,7 @@ def comparison_report(context: dg.AssetExecutionContext, store: DuckDBStore, pat
     )
     built = report.build_report(results, paths.dir("reports", "comparison"))
     with store.transaction() as con:
-        register_artifact(con, built.markdown_path, "report", context.run.run_id)
+        report_sha = register_artifact(con, built.markdown_path, "report", context.run.run_id)
         record_run(con, context, {}, outputs={"rows": results.height})
     metadata = {
         "report": dg.MetadataValue.md(built.markdown),
@@ -235,4 +243,4 @@ def comparison_report(context: dg.AssetExecutionContext, store: DuckDBStore, pat
     }
     for eval_set, png in built.plot_paths.items():
         metadata[f"plot_{eval_set}"] = png_markdown(png, f"perplexity on {eval_set}")
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(report_sha))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the `cluster` deployment needs on this machine: Debian's redis-server (the
 # Celery broker and result backend) and dagster-celery + redis in .venv. Idempotent: when
-# everything is present it touches nothing.
+# everything is present it touches nothing. .ci/run calls it before pytest; the tests never
+# do (a test that finds redis-server missing fails and names this script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,8 +22,12 @@ else
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends redis-server
-    # Debian's package starts a system-wide server on port 6379; the tests start their own.
+    # Debian's package starts a system-wide server on 127.0.0.1:6379 with no password; the
+    # tests start their own (with a password, on a free port), so stop it and keep it off.
     $SUDO service redis-server stop >/dev/null 2>&1 || true
+    if command -v systemctl >/dev/null; then
+        $SUDO systemctl disable redis-server >/dev/null 2>&1 || true
+    fi
 fi
 
 if "$PYTHON" -c "import dagster_celery, redis" 2>/dev/null; then

@@ -67,15 +67,59 @@ def run_pipeline(stages: list[str] | None = None) -> None:
                 sys.exit(f"dselect: {label} failed; see the run in the UI (dagster dev) for details")
 
 
+def add_export_parser(sub) -> None:
+    from dselect_assets.core.export import DEFAULT_MAX_BYTES_PER_FILE, EXPORT_FORMATS
+
+    export = sub.add_parser(
+        "export", help="write a selection as Parquet or dolma jsonl.zst/jsonl.gz files with a manifest"
+    )
+    export.add_argument("selection", metavar="SELECTION_KEY", help="e.g. ask_llm_density@0.20")
+    export.add_argument("--format", default="jsonl.zst", choices=sorted(EXPORT_FORMATS))
+    export.add_argument("--out", default="", help="directory to write, e.g. the one a training job reads "
+                        "(default: $DSELECT_HOME/exports/SELECTION_KEY/FORMAT)")
+    export.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES_PER_FILE,
+                        help="uncompressed record bytes per file before a new file is started")
+
+
+def export_command(args) -> None:
+    """Materialize selection_exports[SELECTION_KEY] in the persistent instance, so the export
+    is recorded in the UI and in the store's lineage like any other run."""
+    import dagster as dg
+
+    from dselect_assets.assets.exports import selection_exports
+    from dselect_assets.assets.selection import selection_partitions
+    from dselect_assets.resources import DuckDBStore
+
+    if args.selection not in selection_partitions.get_partition_keys():
+        sys.exit(f"dselect: unknown selection {args.selection!r}; one of {selection_partitions.get_partition_keys()}")
+    dagster_home()
+    config = {"format": args.format, "max_bytes_per_file": args.max_bytes, "out_dir": args.out}
+    result = dg.materialize(
+        [selection_exports], partition_key=args.selection, instance=dg.DagsterInstance.get(),
+        resources={"paths": DataPaths(), "store": DuckDBStore()},
+        run_config={"ops": {"selection_exports": {"config": config}}}, raise_on_error=False,
+    )
+    if not result.success:
+        failure = result.failure_data_for_node("selection_exports")
+        sys.exit(f"dselect: export failed: {failure.error.message.strip() if failure else 'see the run in the UI'}")
+    metadata = result.asset_materializations_for_node("selection_exports")[0].metadata
+    print(f"dselect: {metadata['documents'].value} documents in {metadata['files'].value} files, "
+          f"{metadata['bytes'].value:,} bytes; manifest {metadata['manifest'].value}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dselect", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="build the default corpus if needed, then materialize every stage")
     run.add_argument("--stage", action="append", help="only these jobs (repeatable), e.g. shard_job")
     sub.add_parser("corpus", help="build the default corpus if the corpus directory is empty")
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if args.command == "export":  # reads a selection already made; builds no corpus
+        export_command(args)
+        return
     ensure_default_corpus()
     if args.command == "run":
         started = time.monotonic()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from dselect_assets.assets import corpus, density, scoring, selection, training
+from dselect_assets.assets import corpus, density, exports, scoring, selection, training
 from dselect_assets.deployments import current_deployment, executor_for
 from dselect_assets.resources import (
     AskLLMJudgeResource,
@@ -87,7 +87,7 @@ PIPELINE_STAGES = [
 
 defs = dg.Definitions(
     assets=[*shard_assets, *corpus_assets, selection.selections, training.checkpoints,
-            training.eval_metrics, training.comparison_report],
+            training.eval_metrics, training.comparison_report, exports.selection_exports],
     jobs=[shard_job, corpus_job, selection_job, training_job, report_job],
     sensors=[corpus.build_corpus_sensor(shard_job)],
     schedules=[reselect_schedule],

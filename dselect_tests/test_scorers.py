@@ -183,8 +183,9 @@ def test_judge_truncation_keeps_prompt_intact(judge):
     assert text.rstrip().endswith("assistant")  # chat template: answer comes right after
 
 
-def test_default_raw_prompt_ends_on_answer_slot():
-    raw = AskLLMJudge(max_doc_tokens=16, dtype="float32")  # default judge: paper prompt, no chat template
+def test_raw_prompt_ends_on_answer_slot():
+    # Paper prompt without the chat template (the default judge now uses the template, models.py).
+    raw = AskLLMJudge(smollm2_spec(chat_template=False), max_doc_tokens=16, dtype="float32")
     assert not raw.uses_chat_template
     text = raw.tokenizer.decode(raw.prompt_ids(NATURAL[0]))
     assert text.startswith("###\nThe Danube") and text.endswith("- no\n\nAnswer:")

@@ -41,6 +41,9 @@ def test_sketch_count_and_selection_size():
     assert not checks.selection_size("random", 0.2, 101, 21).passed
     assert checks.selection_size("full", 1.0, 101, 101).passed
     assert not checks.selection_size("random", 0.2, 3, 0).passed
+    # 10% of 2,925 is 292.5: the samplers round halves up and keep 293, and so must the check.
+    assert checks.selection_size("random", 0.1, 2925, 293).passed
+    assert not checks.selection_size("random", 0.1, 2925, 292).passed
 
 
 def test_export_readable(tmp_path):

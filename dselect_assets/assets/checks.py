@@ -12,6 +12,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from dselect_assets.core.samplers import target_size
 from dselect_assets.resources import DuckDBStore
 
 
@@ -64,8 +65,8 @@ def sketch_counts_corpus(sketch_docs: int, corpus_docs: int) -> dg.AssetCheckRes
 
 
 def selection_size(sampler: str, rate: float, considered: int, kept: int) -> dg.AssetCheckResult:
-    """The selection keeps round(rate x considered) documents (the rate is honoured exactly)."""
-    expected = considered if sampler == "full" else int(round(rate * considered))
+    """The selection keeps the samplers' own target size of what it considered (rate honoured exactly)."""
+    expected = considered if sampler == "full" else target_size(considered, rate)
     return dg.AssetCheckResult(
         asset_key="selections",
         check_name="size_matches_rate",

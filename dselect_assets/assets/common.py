@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,19 @@ import duckdb
 from dselect_assets.core.hashing import file_sha256
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
+
+
+def eager_after_checks() -> dg.AutomationCondition:
+    """eager(), held back while any upstream blocking check has failed.
+
+    eager() alone fires as soon as a dependency updates, even when that update
+    failed a blocking check; the run machinery stops a child only inside the
+    same run. eager() already waits while a dependency is missing or in
+    progress, so a burst of shards registered together is selected once.
+    """
+    return (dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()).with_label(
+        "eager_after_checks"
+    )
 
 
 def partition_key_or_empty(context: dg.AssetExecutionContext) -> str:
@@ -56,6 +70,18 @@ def register_artifact(
         [str(path), kind, producer_id, partition_key, digest, n_rows, run_id],
     )
     return digest
+
+
+def write_atomically(path: Path, write):
+    """write(tmp), then rename it to path: a kill mid-write never leaves a partial file under a
+    name the store may already point at (re-ingesting the same bytes reuses the name)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        result = write(tmp)
+        os.replace(tmp, path)
+        return result
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], limit: int = 50) -> str:

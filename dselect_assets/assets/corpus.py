@@ -1,7 +1,6 @@
 """Corpus ingestion: one `documents` partition per shard file, and the sensor that finds new files."""
 
 import json
-import os
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -11,8 +10,16 @@ import duckdb
 import polars as pl
 import pydantic
 
-from dselect_assets.assets.common import insert_frame, markdown_table, record_run, register_artifact, shards
+from dselect_assets.assets.common import (
+    insert_frame,
+    markdown_table,
+    record_run,
+    register_artifact,
+    shards,
+    write_atomically,
+)
 from dselect_assets.core.hashing import file_sha256
+from dselect_assets.core.shard_keys import validate_shard_key
 from dselect_assets.core.ingest import (
     DEFAULT_MAX_DOCUMENT_BYTES,
     FIELDS_FILE_NAME,
@@ -111,23 +118,11 @@ def _ids_taken_by_other_shards(
     ).fetchall()
 
 
-def _write_atomically(path: Path, write):
-    """write(tmp), then rename it to path: a kill mid-write never leaves a partial file under a
-    name the store may already point at (re-ingesting the same bytes reuses the name)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        result = write(tmp)
-        os.replace(tmp, path)
-        return result
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _without_rows(documents_file: Path, rows: list[int]) -> Path:
     """A copy of the documents file without `rows`, under its own name (the original may be in use)."""
     kept = pl.read_parquet(documents_file).filter(~pl.col("row_number").is_in(rows))
     out = documents_file.with_name(f"{documents_file.stem}-without-{len(rows)}.parquet")
-    _write_atomically(out, lambda tmp: kept.write_parquet(tmp, compression="zstd"))
+    write_atomically(out, lambda tmp: kept.write_parquet(tmp, compression="zstd"))
     return out
 
 
@@ -141,8 +136,6 @@ def _without_rows(documents_file: Path, rows: list[int]) -> Path:
 def documents(
     context: dg.AssetExecutionContext, config: IngestConfig, paths: DataPaths, store: DuckDBStore
 ) -> dg.MaterializeResult:
-    from dselect_assets.core.shard_keys import validate_shard_key  # a key added by hand may be '../x'
-
     shard = validate_shard_key(context.partition_key)  # refused before any file or store is touched
     source = shard_source(paths.corpus, shard)  # a Hugging Face dataset's Arrow file lies one level down
     try:
@@ -152,7 +145,8 @@ def documents(
         file_hash = file_sha256(source)
         # Content-addressed name: the previous file stays valid until the new one is committed.
         out_file = paths.dir("documents", shard) / f"{file_hash[:16]}.parquet"
-        summary = _write_atomically(out_file, lambda tmp: write_documents(source, tmp, config.max_document_bytes, config.field_map(shard, paths.root), shard))
+        # write_documents writes a temporary file and renames it: a kill leaves no partial file.
+        summary = write_documents(source, out_file, config.max_document_bytes, config.field_map(shard, paths.root), shard)
     except (ShardReadError, PermissionError, OSError) as exc:
         reason = str(exc)
         _quarantine_whole_file(store, shard, reason, context.run.run_id)

@@ -12,11 +12,12 @@ import numpy as np
 import polars as pl
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import insert_frame, record_run, register_artifact, shards
+from dselect_assets.assets.common import eager_after_checks, insert_frame, record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
 from dselect_assets.assets.scoring import load_model, register_producer
 from dselect_assets.assets.shard_reader import load_embeddings
 from dselect_assets.core import clustering, race_sketch
+from dselect_assets.core.shard_keys import validate_shard_key
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
 
@@ -58,7 +59,7 @@ def density_sketch(
     store: DuckDBStore,
     paths: DataPaths,
 ) -> dg.MaterializeResult:
-    shard = context.partition_key
+    shard = validate_shard_key(context.partition_key)
     embedding_producer = embedder_producer(embedder)
     producer = sketch_producer(config, embedding_producer)
     hashes = first_occurrences(store, shard)
@@ -92,7 +93,7 @@ def density_sketch(
 @dg.asset(
     deps=["density_sketch"],
     group_name="coverage",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=eager_after_checks(),
     kinds={"duckdb"},
     check_specs=[checks.spec("sketch_counts_every_document", "density", "merged sketch count == distinct documents")],
     description="Kernel density of every document from the merged shard sketches (paper Algorithm 2, pass 2).",
@@ -110,38 +111,40 @@ def density(
     shard_names = [r[0] for r in store.query("SELECT DISTINCT shard FROM contents ORDER BY 1")]
     merged = None
     for shard in shard_names:
-        path = sketch_dir / f"{shard}.race"
+        path = sketch_dir / f"{validate_shard_key(shard)}.race"
         if not path.exists():
             raise dg.Failure(f"no density sketch for shard {shard} at {path}; materialize density_sketch[{shard}]")
         try:
             part = race_sketch.RaceSketch.load(path, expected={"embedder_id": embedding_producer})
         except race_sketch.SketchFileError as exc:
-            raise dg.Failure(f"density sketch of shard {shard} is unusable: {exc}") from exc
+            raise dg.Failure(
+                f"density sketch of shard {shard} is unusable: {exc}; delete it and re-materialize "
+                f"density_sketch[{shard}] to rebuild it from the shard's embeddings"
+            ) from exc
         merged = part if merged is None else merged.merge(part)
     n_contents = store.query("SELECT count(*) FROM contents")[0][0]
     if merged is None:
         raise dg.Failure("the corpus has no documents to estimate density over")
     merged_file = merged.save(sketch_dir / "merged.race")
     register_producer(store, producer, "density", {"embedder": embedding_producer, **config.model_dump()})
-    with store.transaction() as con:
-        con.execute("DELETE FROM scores WHERE producer_id = ?", [producer])
-    all_values = []
-    # Shard by shard: memory stays bounded by the largest shard's embeddings.
+    # Query shard by shard (memory bounded by the largest shard's embeddings), then replace
+    # the old densities in one transaction: a crash leaves the previous table whole.
+    frames = []
     for shard in shard_names:
         hashes = first_occurrences(store, shard)
-        values = merged.query(load_embeddings(store, embedding_producer, hashes))
-        all_values.append(values)
-        with store.transaction() as con:
-            insert_frame(con, "scores", pl.DataFrame({
-                "content_hash": hashes,
-                "producer_id": producer,
-                "value": values,
-                "value_norm": pl.Series([None] * len(hashes), dtype=pl.Float64),
-                "problem": pl.Series([None] * len(hashes), dtype=pl.String),
-                "run_id": context.run.run_id,
-            }))
-    values = np.concatenate(all_values)
+        frames.append(pl.DataFrame({
+            "content_hash": hashes,
+            "producer_id": producer,
+            "value": merged.query(load_embeddings(store, embedding_producer, hashes)),
+            "value_norm": pl.Series([None] * len(hashes), dtype=pl.Float64),
+            "problem": pl.Series([None] * len(hashes), dtype=pl.String),
+            "run_id": context.run.run_id,
+        }))
+    values = np.concatenate([f["value"].to_numpy() for f in frames])
     with store.transaction() as con:
+        con.execute("DELETE FROM scores WHERE producer_id = ?", [producer])
+        for frame in frames:
+            insert_frame(con, "scores", frame)
         register_artifact(con, merged_file, "density_sketch_merged", context.run.run_id, producer, None, merged.n_docs)
         record_run(con, context, config.model_dump(), producer, outputs={"n_docs": merged.n_docs})
     png = histogram_png(values, "density (RACE sketch)", paths.dir("reports", "density") / "density.png")
@@ -166,7 +169,7 @@ class ClusterConfig(dg.Config):
 @dg.asset(
     deps=["embeddings"],
     group_name="coverage",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=eager_after_checks(),
     kinds={"duckdb"},
     description="faiss k-means over all embeddings; each document's cluster and distance to its centroid "
     "(used by SemDeDup and SSL Prototypes).",

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import markdown_table, record_run, register_artifact
+from dselect_assets.assets.common import eager_after_checks, markdown_table, record_run, register_artifact, write_atomically
 from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, texts_for
 from dselect_assets.core import samplers
 from dselect_assets.core.hashing import file_sha256
@@ -67,7 +67,7 @@ def in_validation_split(hashes: pl.Series, fraction: float) -> pl.Series:
 @dg.asset(
     deps=["documents"],
     group_name="evaluation",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=eager_after_checks(),
     kinds={"duckdb", "parquet"},
     description="Held-out sets that no selection may contain: a fixed in-distribution validation split "
     "of the corpus (by content hash) and an external high-quality prose set.",
@@ -168,7 +168,10 @@ def score_column(store: DuckDBStore, kind: str, hashes: list[str], column: str =
 
 
 def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: SelectionConfig):
-    """Load exactly the signals `sampler` needs; return them and the producer ids read."""
+    """Load exactly the signals `sampler` needs, for the documents that have every score it needs.
+
+    Returns the inputs, the producer ids read, and the rows of `hashes` the inputs describe.
+    """
     needs = samplers.REQUIRED_INPUTS[sampler]
     fields: dict = {"n": len(hashes)}
     producers: dict[str, str] = {}
@@ -197,7 +200,12 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: 
         if assigned["cluster"].null_count():
             raise MissingUpstream("some eligible documents have no cluster; re-materialize clusters")
         fields["clusters"] = assigned["cluster"].to_numpy()
-    return samplers.SamplerInputs(**fields), producers
+    rows = samplers.scorable_rows(len(hashes), **{k: fields.get(k) for k in ("density", "quality", "perplexity")})
+    if rows.size == 0:
+        raise MissingUpstream(f"none of the {len(hashes)} eligible documents has every score {sampler} needs")
+    scorable = {k: (v if k == "n" else v[rows]) for k, v in fields.items()}
+    scorable["n"] = rows.size
+    return samplers.SamplerInputs(**scorable), producers, rows
 
 
 def latest_embedding_producer(store: DuckDBStore) -> str:
@@ -238,7 +246,7 @@ def export_frame(store: DuckDBStore, kept: list[str]) -> pl.DataFrame:
         dg.AssetDep("perplexity_scores", partition_mapping=dg.AllPartitionMapping()),
     ],
     group_name="selection",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=eager_after_checks(),
     kinds={"duckdb", "parquet"},
     check_specs=[
         checks.spec("size_matches_rate", "selections", "kept == round(rate x considered)"),
@@ -261,10 +269,10 @@ def selections(
     )
     try:
         if sampler == "full":
-            kept_idx, producers = np.arange(len(hashes)), {}
+            kept_idx, producers, n_scorable = np.arange(len(hashes)), {}, len(hashes)
         else:
-            inputs, producers = sampler_inputs(store, sampler, hashes, config)
-            kept_idx = samplers.SAMPLERS[sampler](inputs, rate, config.seed)
+            inputs, producers, rows = sampler_inputs(store, sampler, hashes, config)
+            kept_idx, n_scorable = rows[samplers.SAMPLERS[sampler](inputs, rate, config.seed)], rows.size
     except MissingUpstream as exc:
         raise dg.Failure(f"selection {key}: {exc}") from exc
     kept = [hashes[i] for i in kept_idx]
@@ -275,7 +283,7 @@ def selections(
     )
     export = export_frame(store, kept)
     out_file = paths.dir("selections", key) / f"{selection_id.replace(':', '-')}.parquet"
-    export.write_parquet(out_file, compression="zstd", statistics=False)
+    write_atomically(out_file, lambda tmp: export.write_parquet(tmp, compression="zstd", statistics=False))
     export_sha = file_sha256(out_file)
 
     with store.transaction() as con:
@@ -297,6 +305,7 @@ def selections(
         metadata={
             "selection_id": selection_id,
             "considered": len(hashes),
+            "unscorable_left_out": len(hashes) - n_scorable,
             "kept": len(kept),
             "rejected": len(hashes) - len(kept),
             "held_out_for_eval": len(held_out),
@@ -307,7 +316,7 @@ def selections(
         },
         data_version=dg.DataVersion(export_sha),
         check_results=[
-            checks.selection_size(sampler, rate, len(hashes), len(kept)),
+            checks.selection_size(sampler, rate, n_scorable, len(kept)),
             checks.export_readable(out_file, len(kept)),
             checks.no_eval_leak(store, selection_id),
         ],

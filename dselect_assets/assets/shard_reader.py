@@ -12,13 +12,38 @@ class MissingUpstream(RuntimeError):
     pass
 
 
+class CorruptFile(MissingUpstream):
+    """A file the store points at cannot be read; the message says how to rebuild it."""
+
+
+def read_documents_file(path: str, columns: list[str], shard: str | None = None) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except Exception as exc:  # polars raises several types for truncated or garbled Parquet
+        which = f"documents[{shard}]" if shard else "documents for its shard"
+        raise CorruptFile(
+            f"{path}: unreadable documents file ({type(exc).__name__}: {exc}); "
+            f"re-materialize {which} to rebuild it from the shard file"
+        ) from exc
+
+
+def load_vectors(path: str) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except Exception as exc:  # truncated header, bad magic, missing file
+        raise CorruptFile(
+            f"{path}: unreadable embedding file ({type(exc).__name__}: {exc}); delete it and "
+            "re-materialize embeddings for its shard: the documents it held are then embedded again"
+        ) from exc
+
+
 def shard_texts(store: DuckDBStore, shard: str) -> pl.DataFrame:
     """Distinct (content_hash, text) of a shard's accepted documents, in file order."""
     rows = store.query("SELECT documents_file FROM shards WHERE shard = ?", [shard])
     if not rows:
         raise MissingUpstream(f"shard {shard!r} has not been ingested; materialize documents[{shard}] first")
     return (
-        pl.read_parquet(rows[0][0], columns=["row_number", "content_hash", "text"])
+        read_documents_file(rows[0][0], ["row_number", "content_hash", "text"], shard)
         .unique(subset="content_hash", keep="first", maintain_order=True)
         .select("content_hash", "text")
     )
@@ -36,7 +61,7 @@ def texts_for(store: DuckDBStore, content_hashes: list[str]) -> pl.DataFrame:
         located = pl.from_arrow(located)
     parts = []
     for documents_file, group in located.group_by("documents_file"):
-        texts = pl.read_parquet(documents_file[0], columns=["row_number", "text"])
+        texts = read_documents_file(documents_file[0], ["row_number", "text"])
         parts.append(group.join(texts, on="row_number").select("content_hash", "text"))
     found = pl.concat(parts) if parts else pl.DataFrame(schema={"content_hash": pl.String, "text": pl.String})
     return wanted.join(found, on="content_hash", how="left", maintain_order="left")
@@ -63,7 +88,7 @@ def load_embeddings(store: DuckDBStore, producer_id: str, content_hashes: list[s
         by_file[file].append((pos, row))
     out: np.ndarray | None = None
     for file, pairs in by_file.items():
-        block = np.load(file, mmap_mode="r")
+        block = load_vectors(file)
         if out is None:
             out = np.empty((len(content_hashes), block.shape[1]), dtype=np.float32)
         positions, rows = zip(*pairs)

@@ -84,6 +84,20 @@ def target_size(n: int, rate: float) -> int:
     return max(1, min(n, math.floor(float(rate) * n + 0.5)))
 
 
+def scorable_rows(n: int, **scores: np.ndarray | None) -> np.ndarray:
+    """Indices of the rows whose given scores are all finite.
+
+    A document the judge or LM could not score (NaN: too short to tokenize, say)
+    has no rank, so score-based samplers choose among the others; the caller
+    counts the ones left out.
+    """
+    ok = np.ones(n, dtype=bool)
+    for value in scores.values():
+        if value is not None:
+            ok &= np.isfinite(np.asarray(value, dtype=np.float64))
+    return np.flatnonzero(ok)
+
+
 def _rng(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed))
 

@@ -123,9 +123,12 @@ def _previous_files(out_dir: Path) -> set[str]:
     if not manifest.is_file():
         return set()
     try:
-        return {f["path"] for f in json.loads(manifest.read_text(encoding="utf-8"))["files"]}
+        listed = {f["path"] for f in json.loads(manifest.read_text(encoding="utf-8"))["files"]}
     except (ValueError, KeyError, TypeError) as exc:
         raise ExportError(f"{manifest}: not a dselect export manifest ({exc}); choose another directory") from exc
+    # Only names directly under documents/ are ever removed, whatever the manifest says.
+    return {p for p in listed if isinstance(p, str) and p.count("/") == 1 and p.startswith(f"{DOCUMENTS_DIR}/")
+            and not p.endswith(("/.", "/.."))}
 
 
 def write_export(

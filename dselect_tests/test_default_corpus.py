@@ -291,3 +291,11 @@ def test_best_configuration_compares_both_values():
     ]
     best = judge_eval.best_configuration(rows)
     assert (best["name"], best["value"], best["roc_auc"]) == ("a@128", "value_norm", 0.91)
+
+
+def test_cli_names_the_missing_archive(tmp_path, capsys):
+    code = corpus_build.main(["--corpus-dir", str(tmp_path / "c"), "--eval-dir", str(tmp_path / "e"),
+                              "--cache-dir", str(tmp_path / "empty")])
+    assert code == 2
+    assert "fetch_corpus_sources" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

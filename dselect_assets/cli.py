@@ -27,14 +27,14 @@ def dagster_home() -> Path:
 
 
 def ensure_default_corpus() -> None:
-    from dselect_assets.assets.corpus import list_shard_files
+    from dselect_assets.assets.corpus import list_shards
     from dselect_assets.core import default_corpus
 
     corpus = DataPaths().corpus
-    if list_shard_files(corpus):
+    if list_shards(corpus):
         return
     if os.environ.get("DSELECT_CORPUS_DIR"):
-        sys.exit(f"dselect: no shard files (.jsonl, .parquet, .txt) in DSELECT_CORPUS_DIR={corpus}")
+        sys.exit(f"dselect: no shard files (see docs/formats.md) in DSELECT_CORPUS_DIR={corpus}")
     print(f"dselect: building the default corpus in {corpus}")
     manifest = default_corpus.build_default_corpus(corpus, DataPaths().root / "eval")
     print(f"dselect: {manifest['total_documents']} documents in {len(manifest['shards'])} shards")
@@ -43,12 +43,12 @@ def ensure_default_corpus() -> None:
 def run_pipeline(stages: list[str] | None = None) -> None:
     import dagster as dg
 
-    from dselect_assets.assets.corpus import list_shard_files
+    from dselect_assets.assets.corpus import list_shards
     from dselect_assets.definitions import PIPELINE_STAGES, defs
 
     dagster_home()
     instance = dg.DagsterInstance.get()
-    shard_keys = [p.name for p in list_shard_files(DataPaths().corpus)]
+    shard_keys = list(list_shards(DataPaths().corpus))
     instance.add_dynamic_partitions(
         "shards", [k for k in shard_keys if not instance.has_dynamic_partition("shards", k)]
     )

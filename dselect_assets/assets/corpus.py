@@ -239,9 +239,9 @@ def documents(
     )
 
 
-def shard_run_key(path: Path) -> str:
+def shard_run_key(key: str, path: Path) -> str:
     stat = path.stat()
-    return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{key}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def build_corpus_sensor(job) -> dg.SensorDefinition:
@@ -257,21 +257,21 @@ def build_corpus_sensor(job) -> dg.SensorDefinition:
     ) -> dg.SensorResult:
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         known = set(context.instance.get_dynamic_partitions(shards.name))
-        files = list_shard_files(paths.corpus)
-        new_partitions = [p.name for p in files if p.name not in known]
+        found = list_shards(paths.corpus)
+        new_partitions = [key for key in found if key not in known]
         # Files already ingested with these exact bytes (e.g. by `dselect run`) need no run.
         ingested = {name: (size, sha) for name, size, sha in store.query(
             "SELECT shard, byte_size, file_sha256 FROM shards")}
         run_requests = []
-        for path in files:
-            key = shard_run_key(path)
-            if seen.get(path.name) == key:
+        for shard, path in found.items():
+            run_key = shard_run_key(shard, path)
+            if seen.get(shard) == run_key:
                 continue
-            seen[path.name] = key
-            size, sha = ingested.get(path.name, (None, None))
+            seen[shard] = run_key
+            size, sha = ingested.get(shard, (None, None))
             if size == path.stat().st_size and sha == file_sha256(path):
                 continue
-            run_requests.append(dg.RunRequest(run_key=key, partition_key=path.name))
+            run_requests.append(dg.RunRequest(run_key=run_key, partition_key=shard))
         return dg.SensorResult(
             run_requests=run_requests,
             dynamic_partitions_requests=[shards.build_add_request(new_partitions)] if new_partitions else [],

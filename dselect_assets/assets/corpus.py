@@ -33,7 +33,7 @@ from dselect_assets.core.ingest import (
 )
 from dselect_assets.resources import DataPaths, DuckDBStore
 
-INGEST_VERSION = "1"
+INGEST_VERSION = "2"  # 2: documents files carry a metadata column
 
 
 class IngestConfig(dg.Config):
@@ -204,6 +204,7 @@ def documents(
             "n_rejected": len(rejections),
             "n_duplicates": n_duplicates,
             "documents_file": str(out_file),
+            "fields": summary.fields,  # the mapping used, wherever it came from (launchpad or fields file)
         }
         record_run(con, context, config.model_dump(), outputs=outputs)
         n_corpus = con.execute("SELECT count(*) FROM contents").fetchone()[0]

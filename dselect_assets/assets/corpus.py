@@ -236,7 +236,8 @@ def documents(
                 if rejections
                 else "none"
             ),
-        }
+        },
+        data_version=dg.DataVersion(documents_sha),
     )
 
 

@@ -7,6 +7,8 @@ re-reading old embeddings to build the sketch.
 """
 
 
+import hashlib
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -20,6 +22,9 @@ from dselect_assets.core import clustering, race_sketch
 from dselect_assets.core.shard_keys import validate_shard_key
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
+
+
+COVERAGE_VERSION = "1"
 
 
 class SketchConfig(dg.Config):
@@ -49,6 +54,7 @@ def first_occurrences(store: DuckDBStore, shard: str) -> list[str]:
     partitions_def=shards,
     deps=["embeddings"],
     group_name="coverage",
+    code_version=COVERAGE_VERSION,
     kinds={"numpy"},
     description="RACE sketch (R x B p-stable LSH counts) of the documents first seen in this shard.",
 )
@@ -78,7 +84,7 @@ def density_sketch(
         sketch.add(vectors)
     out_file = sketch.save(paths.dir("sketches", producer.replace(":", "-")) / f"{shard}.race")
     with store.transaction() as con:
-        register_artifact(con, out_file, "density_sketch", context.run.run_id, producer, shard, sketch.n_docs)
+        sketch_sha = register_artifact(con, out_file, "density_sketch", context.run.run_id, producer, shard, sketch.n_docs)
         record_run(con, context, config.model_dump(), producer, outputs={"n_docs": sketch.n_docs})
     return dg.MaterializeResult(
         metadata={
@@ -86,13 +92,15 @@ def density_sketch(
             "sketch_file": dg.MetadataValue.path(str(out_file)),
             "rows_x_buckets": f"{config.rows} x {config.buckets}",
             "producer_id": producer,
-        }
+        },
+        data_version=dg.DataVersion(sketch_sha),
     )
 
 
 @dg.asset(
     deps=["density_sketch"],
     group_name="coverage",
+    code_version=COVERAGE_VERSION,
     automation_condition=eager_after_checks(),
     kinds={"duckdb"},
     check_specs=[checks.spec("sketch_counts_every_document", "density", "merged sketch count == distinct documents")],
@@ -157,6 +165,7 @@ def density(
             "histogram": dg.MetadataValue.md(histogram_markdown(values)),
             "histogram_plot": png_markdown(png, "density histogram"),
         },
+        data_version=dg.DataVersion(f"{producer}:{hashlib.sha256(values.tobytes()).hexdigest()}"),
         check_results=[checks.sketch_counts_corpus(merged.n_docs, n_contents)],
     )
 
@@ -169,6 +178,7 @@ class ClusterConfig(dg.Config):
 @dg.asset(
     deps=["embeddings"],
     group_name="coverage",
+    code_version=COVERAGE_VERSION,
     automation_condition=eager_after_checks(),
     kinds={"duckdb"},
     description="faiss k-means over all embeddings; each document's cluster and distance to its centroid "
@@ -212,5 +222,6 @@ def clusters(
             "largest_clusters": dg.MetadataValue.md(
                 histogram_markdown(sizes.astype(float))
             ),
-        }
+        },
+        data_version=dg.DataVersion(clustering_id),  # hashes the embedder, k, seed and input set
     )

@@ -35,6 +35,7 @@ DEFAULT_SAMPLERS = [
 ]
 DEFAULT_RATES = [0.1, 0.2, 0.4, 0.6, 0.8]
 FULL_DATA_KEY = "full@1.00"
+SELECTION_VERSION = "1"
 
 
 def selection_key(sampler: str, rate: float) -> str:
@@ -67,6 +68,7 @@ def in_validation_split(hashes: pl.Series, fraction: float) -> pl.Series:
 @dg.asset(
     deps=["documents"],
     group_name="evaluation",
+    code_version=SELECTION_VERSION,
     automation_condition=eager_after_checks(),
     kinds={"duckdb", "parquet"},
     description="Held-out sets that no selection may contain: a fixed in-distribution validation split "
@@ -94,7 +96,7 @@ def eval_sets(
         high_quality = pl.DataFrame(schema={"content_hash": pl.String, "doc_id": pl.String, "text": pl.String})
 
     out_dir = paths.dir("eval")
-    stats = {}
+    stats, digests = {}, {}
     with store.transaction() as con:
         con.execute("DELETE FROM eval_documents")
         for name, frame in (("in_distribution", validation), ("high_quality", high_quality)):
@@ -103,7 +105,7 @@ def eval_sets(
             con.register("frame", frame.select("content_hash", "doc_id").to_arrow())
             con.execute(f"INSERT INTO eval_documents SELECT '{name}', content_hash, doc_id FROM frame")
             con.unregister("frame")
-            register_artifact(con, out_file, "eval_set", context.run.run_id, name, None, frame.height)
+            digests[name] = register_artifact(con, out_file, "eval_set", context.run.run_id, name, None, frame.height)
             stats[name] = frame.height
         in_corpus = con.execute(
             "SELECT count(*) FROM eval_documents e JOIN contents c USING (content_hash)"
@@ -116,7 +118,8 @@ def eval_sets(
             "high_quality_documents": stats["high_quality"],
             "high_quality_source": dg.MetadataValue.path(str(hq_path)),
             "high_quality_texts_also_in_corpus": in_corpus,
-        }
+        },
+        data_version=dg.DataVersion(make_producer_id("eval_sets", files=digests)),
     )
 
 
@@ -246,6 +249,7 @@ def export_frame(store: DuckDBStore, kept: list[str]) -> pl.DataFrame:
         dg.AssetDep("perplexity_scores", partition_mapping=dg.AllPartitionMapping()),
     ],
     group_name="selection",
+    code_version=SELECTION_VERSION,
     automation_condition=eager_after_checks(),
     kinds={"duckdb", "parquet"},
     check_specs=[

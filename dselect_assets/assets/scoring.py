@@ -23,6 +23,7 @@ from dselect_assets.core.hashing import content_hash
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.judge_eval import roc_auc
 from dselect_assets.core.models import ModelLoadError
+from dselect_assets.core.shard_keys import validate_shard_key
 from dselect_assets.resources import (
     AskLLMJudgeResource,
     DataPaths,
@@ -139,7 +140,7 @@ def _score_shard(
     probe_sign: float = 1.0,
 ) -> dg.MaterializeResult:
     """Shared body of the score assets: value (and value_norm) per missing document."""
-    shard = context.partition_key
+    shard = validate_shard_key(context.partition_key)
     producer = make_producer_id(kind, **scorer.identity)
     register_producer(store, producer, kind, scorer.identity)
     docs = shard_texts(store, shard)
@@ -255,7 +256,7 @@ def embeddings(
     store: DuckDBStore,
     paths: DataPaths,
 ) -> dg.MaterializeResult:
-    shard = context.partition_key
+    shard = validate_shard_key(context.partition_key)
     model = load_model(embedder)
     producer = make_producer_id("embedding", **model.identity)
     register_producer(store, producer, "embedding", model.identity)

@@ -29,8 +29,9 @@ def test_producer_id_changes_with_judge_embedder_sample_and_fit():
         probe_id(embedder="embedding:dddd"),
         probe_id(train=("h1", "h2", "h5")),
         probe_id(train=("h1", "h2"), heldout=("h3", "h4")),
-        probe_id(fit=core.FitConfig(model="ridge").identity()),
+        probe_id(fit=core.FitConfig(model="ridge", length_feature=False).identity()),
         probe_id(fit=core.FitConfig(seed=1).identity()),
+        probe_id(fit=core.FitConfig(length_feature=False).identity()),
     ]
     assert base not in changed and len(set(changed)) == len(changed)
 
@@ -73,14 +74,14 @@ def test_fit_refuses_too_few_or_one_class_labels():
     x = unit_rows(rng, 50, 16)
     varied = sigmoid(rng.normal(size=(50, 2)))
     with pytest.raises(core.DistillError, match=r"too few judged documents.*5 usable, at least 20"):
-        core.fit_probe(x[:5], varied[:5], core.FitConfig())
+        core.fit_probe(x[:5], varied[:5], core.FitConfig(length_feature=False))
     with pytest.raises(core.DistillError, match="same score .one class"):
-        core.fit_probe(x, np.full((50, 2), 0.7), core.FitConfig())
+        core.fit_probe(x, np.full((50, 2), 0.7), core.FitConfig(length_feature=False))
     # Unscorable rows (NaN) are dropped before counting.
     holes = varied.copy()
     holes[10:] = np.nan
     with pytest.raises(core.DistillError, match="10 usable"):
-        core.fit_probe(x, holes, core.FitConfig())
+        core.fit_probe(x, holes, core.FitConfig(length_feature=False))
 
 
 def test_fit_recovers_a_known_linear_signal():
@@ -92,14 +93,14 @@ def test_fit_recovers_a_known_linear_signal():
     z = 3.0 * np.sqrt(d) * (x @ w)  # logit P(yes), spread over about +-6
     scores = np.stack([sigmoid(z + rng.normal(0, 0.3, n)), sigmoid(0.5 * z + rng.normal(0, 0.3, n))], axis=1)
     train, test = slice(0, 375), slice(375, None)
-    probe = core.fit_probe(x[train], scores[train], core.FitConfig(model="ridge"))
+    probe = core.fit_probe(x[train], scores[train], core.FitConfig(model="ridge", length_feature=False))
     direction = probe.params["W"][:, 0] / np.linalg.norm(probe.params["W"][:, 0])
     assert float(direction @ w) > 0.95
     agree = core.agreement(probe.predict(x[test]), scores[test])
     assert agree["spearman_value"] > 0.95 and agree["spearman_value_norm"] > 0.85
     # The same features with the labels shuffled carry no signal, and the fit must not invent one.
     shuffled = scores[rng.permutation(n)]
-    noise = core.fit_probe(x[train], shuffled[train], core.FitConfig(model="ridge"))
+    noise = core.fit_probe(x[train], shuffled[train], core.FitConfig(model="ridge", length_feature=False))
     assert abs(core.agreement(noise.predict(x[test]), shuffled[test])["spearman_value"]) < 0.3
 
 
@@ -111,24 +112,55 @@ def test_model_choice_picks_the_mlp_for_a_nonlinear_signal():
     w /= np.linalg.norm(w)
     z = 12.0 * (x @ w) ** 2 - 2.0  # symmetric in x . w: no linear model can rank it
     scores = np.stack([sigmoid(z + rng.normal(0, 0.2, n))] * 2, axis=1)
-    probe = core.fit_probe(x[:450], scores[:450], core.FitConfig(mlp_hidden=64, mlp_epochs=400, mlp_lr=1e-2))
+    probe = core.fit_probe(x[:450], scores[:450], core.FitConfig(mlp_hidden=64, mlp_epochs=400, mlp_lr=1e-2, length_feature=False))
     assert probe.kind == "mlp" and probe.meta["chosen"].startswith("mlp")
     assert max(v for k, v in probe.meta["cv_spearman"].items() if k.startswith("ridge")) < 0.3
     assert core.agreement(probe.predict(x[450:]), scores[450:])["spearman_value"] > 0.7
+
+
+def test_topk_overlap_counts_shared_selections():
+    truth = np.arange(10.0)
+    assert core.topk_overlap(truth, truth, 0.2) == 1.0
+    assert core.topk_overlap(-truth, truth, 0.2) == 0.0
+    swapped = truth.copy()
+    swapped[[9, 0]] = swapped[[0, 9]]  # the judge's best ranked last by the probe
+    assert core.topk_overlap(swapped, truth, 0.2) == 0.5
+    assert np.isnan(core.topk_overlap(truth[:2], truth[:2], 0.2))
 
 
 def test_probe_file_round_trip(tmp_path):
     rng = np.random.default_rng(3)
     x = unit_rows(rng, 60, 16)
     scores = sigmoid(np.stack([x @ rng.normal(size=16)] * 2, axis=1) * 4)
+    lengths = rng.integers(10, 2000, 60)
     for model in ("ridge", "mlp"):
-        probe = core.fit_probe(x, scores, core.FitConfig(model=model, mlp_epochs=20))
+        probe = core.fit_probe(x, scores, core.FitConfig(model=model, mlp_epochs=20), lengths)
         probe.save(tmp_path / f"{model}.npz")
         loaded = core.Probe.load(tmp_path / f"{model}.npz")
-        assert loaded.kind == model and loaded.meta["chosen"] == probe.meta["chosen"]
-        assert np.allclose(loaded.predict(x), probe.predict(x))
+        assert loaded.kind == model and loaded.meta["chosen"] == probe.meta["chosen"] and loaded.uses_length
+        assert np.allclose(loaded.predict(x, lengths), probe.predict(x, lengths))
     with pytest.raises(core.DistillError, match=r"\[n, 16\]"):
-        loaded.predict(x[:, :8])
+        loaded.predict(x[:, :8], lengths)
+    with pytest.raises(core.DistillError, match="length"):
+        loaded.predict(x)
+
+
+def test_length_feature_carries_a_length_driven_judge():
+    """A judge that mostly rewards longer text: the embedding alone (unit norm, no length)
+    cannot rank it, the log-length column can."""
+    rng = np.random.default_rng(4)
+    n, d = 400, 16
+    x = unit_rows(rng, n, d)
+    texts = ["word " * int(k) for k in rng.integers(2, 400, n)]
+    lengths = core.text_lengths(texts)
+    assert lengths[0] == len(texts[0].strip())  # normalized: the trailing space is stripped
+    scores = np.stack([sigmoid(2.0 * (np.log(lengths) - 5.0) + rng.normal(0, 0.3, n))] * 2, axis=1)
+    with_length = core.fit_probe(x[:300], scores[:300], core.FitConfig(model="ridge"), lengths[:300])
+    without = core.fit_probe(x[:300], scores[:300], core.FitConfig(model="ridge", length_feature=False))
+    assert core.agreement(with_length.predict(x[300:], lengths[300:]), scores[300:])["spearman_value"] > 0.9
+    assert abs(core.agreement(without.predict(x[300:]), scores[300:])["spearman_value"]) < 0.3
+    with pytest.raises(core.DistillError, match="length_feature is on"):
+        core.fit_probe(x, scores, core.FitConfig())
 
 
 # ------------------------------------------------------------------ assets, real small models

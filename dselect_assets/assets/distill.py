@@ -21,7 +21,13 @@ import polars as pl
 from dselect_assets.assets import checks
 from dselect_assets.assets.common import insert_frame, markdown_table, record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, summary
-from dselect_assets.assets.scoring import load_model, missing_documents, register_producer, run_in_chunks
+from dselect_assets.assets.scoring import (
+    load_model,
+    missing_documents,
+    register_producer,
+    run_in_chunks,
+    scored_data_version,
+)
 from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, shard_texts, texts_for
 from dselect_assets.core import distill
 from dselect_assets.core.hashing import content_hash
@@ -42,6 +48,7 @@ class ProbeConfig(dg.Config):
     mlp_hidden: int = 256
     mlp_epochs: int = 300
     cv_folds: int = 5
+    length_feature: bool = True  # log(characters) beside the embedding (see core.distill.FitConfig)
     min_train_documents: int = 20
     # Verdict: the probe is "behind" when its labelled-probe ROC-AUC is more than auc_margin
     # below the judge's, or its held-out Spearman with the judge is below min_spearman.
@@ -55,6 +62,7 @@ class ProbeConfig(dg.Config):
         return distill.FitConfig(
             model=self.model, ridge_alphas=tuple(self.ridge_alphas), mlp_hidden=self.mlp_hidden,
             mlp_epochs=self.mlp_epochs, cv_folds=self.cv_folds, seed=self.seed, min_train=self.min_train_documents,
+            length_feature=self.length_feature,
         )
 
 
@@ -123,6 +131,10 @@ def _labelled_documents(path: Path, corpus: set[str], exclude: set[str], log) ->
     return hashes, labels
 
 
+def _lengths(store: DuckDBStore, hashes: list[str]) -> np.ndarray:
+    return distill.text_lengths(texts_for(store, hashes)["text"].fill_null("").to_list())
+
+
 def _best_seconds(fn, repeats: int = 5) -> float:
     best = math.inf
     for _ in range(repeats):
@@ -156,6 +168,7 @@ def find_probe(store: DuckDBStore, embedding_producer: str, wanted: str = "") ->
 @dg.asset(
     deps=[dg.AssetDep("embeddings", partition_mapping=dg.AllPartitionMapping()), "documents"],
     group_name="scores",
+    code_version=distill.DISTILL_VERSION,
     kinds={"pytorch", "numpy", "duckdb"},
     check_specs=[dg.AssetCheckSpec("probe_keeps_up", asset="ask_llm_probe", blocking=False,
                                    description="held-out Spearman with the judge and labelled-probe ROC-AUC "
@@ -195,21 +208,22 @@ def ask_llm_probe(
     judged_now, judge_seconds = _score_with_judge(context, store, scorer, judge_producer, needed, config.chunk_size)
 
     try:
-        x_train = load_embeddings(store, embedding_producer, train)
-        x_held = load_embeddings(store, embedding_producer, heldout)
-        x_lab = load_embeddings(store, embedding_producer, labelled)
+        (x_train, n_train), (x_held, n_held), (x_lab, n_lab) = (
+            (load_embeddings(store, embedding_producer, group), _lengths(store, group))
+            for group in (train, heldout, labelled)
+        )
     except MissingUpstream as exc:
         raise dg.Failure(f"ask_llm_probe: {exc}") from exc
     y_train, y_held = _judge_rows(store, judge_producer, train), _judge_rows(store, judge_producer, heldout)
     try:
-        probe = distill.fit_probe(x_train, y_train, config.fit_config())
+        probe = distill.fit_probe(x_train, y_train, config.fit_config(), n_train)
     except distill.DistillError as exc:
         raise dg.Failure(f"ask_llm_probe: {exc}") from exc
 
-    held_agree = distill.agreement(probe.predict(x_held), y_held) if heldout else {"documents": 0}
+    held_agree = distill.agreement(probe.predict(x_held, n_held), y_held) if heldout else {"documents": 0}
     y_lab = _judge_rows(store, judge_producer, labelled)
     judge_auc = roc_auc(y_lab[:, 1], labels) if labelled else float("nan")
-    probe_auc = roc_auc(probe.predict(x_lab)[:, 1], labels) if labelled else float("nan")
+    probe_auc = roc_auc(probe.predict(x_lab, n_lab)[:, 1], labels) if labelled else float("nan")
 
     # Cost per 1,000 documents. The judge's time is its forward passes in this run; when
     # every document was cached it is re-timed on a few held-out documents.
@@ -218,8 +232,8 @@ def ask_llm_probe(
         judge_seconds, judged_timed = _best_seconds(lambda: scorer.score(texts), repeats=1), len(texts)
     else:
         judged_timed = judged_now
-    x_all = np.vstack([x_train, x_held])
-    probe_seconds = _best_seconds(lambda: probe.predict(x_all))
+    x_all, n_all = np.vstack([x_train, x_held]), np.concatenate([n_train, n_held])
+    probe_seconds = _best_seconds(lambda: probe.predict(x_all, n_all))
     judge_s_per_k = 1000 * judge_seconds / judged_timed if judged_timed else float("nan")
     probe_s_per_k = 1000 * probe_seconds / max(x_all.shape[0], 1)
 
@@ -233,6 +247,7 @@ def ask_llm_probe(
         "heldout_kendall": _round(held_agree.get("kendall_value_norm", float("nan"))),
         "heldout_spearman_p_yes": _round(held_agree.get("spearman_value", float("nan"))),
         "heldout_kendall_p_yes": _round(held_agree.get("kendall_value", float("nan"))),
+        "heldout_top20_overlap": _round(held_agree.get("top20_overlap", float("nan")), 3),
         "labelled_probe_documents": len(labelled),
         "judge_roc_auc": _round(judge_auc, 3),
         "probe_roc_auc": _round(probe_auc, 3),
@@ -260,12 +275,15 @@ def ask_llm_probe(
         record_run(con, context, config.model_dump(), producer, outputs={**stats, **metrics})
 
     n = len(hashes)
-    table = markdown_table(["", "judge", "probe"], [
+    def cell(value):
+        return "n/a" if value is None else value
+
+    table = markdown_table(["", "judge", "probe"], [(name, cell(a), cell(b)) for name, a, b in [
         ("ROC-AUC on the labelled probe (normalized P(yes))", metrics["judge_roc_auc"], metrics["probe_roc_auc"]),
         ("seconds per 1,000 documents", metrics["judge_seconds_per_1000_docs"], metrics["probe_seconds_per_1000_docs"]),
         (f"projected seconds for all {n} documents", _round(judge_s_per_k * n / 1000, 1),
          _round(probe_s_per_k * n / 1000, 4)),
-    ])
+    ]])
     keeps_up = verdict.startswith("keeps up")
     return dg.MaterializeResult(
         metadata={
@@ -298,6 +316,7 @@ class DistilledScoresConfig(dg.Config):
     partitions_def=shards,
     deps=["embeddings", "ask_llm_probe"],
     group_name="scores",
+    code_version=distill.DISTILL_VERSION,
     kinds={"numpy", "duckdb"},
     automation_condition=dg.AutomationCondition.eager(),
     check_specs=[checks.spec("score_range", "ask_llm_distilled_scores", "predicted P(yes) in [0, 1]")],
@@ -323,7 +342,8 @@ def ask_llm_distilled_scores(
 
     def commit(chunk: pl.DataFrame) -> None:
         hashes = chunk["content_hash"].to_list()
-        values = probe.predict(load_embeddings(store, embedding_producer, hashes))
+        lengths = distill.text_lengths(chunk["text"].to_list())
+        values = probe.predict(load_embeddings(store, embedding_producer, hashes), lengths)
         with store.transaction() as con:
             insert_frame(con, "scores", pl.DataFrame({
                 "content_hash": hashes,
@@ -360,6 +380,6 @@ def ask_llm_distilled_scores(
             "histogram": dg.MetadataValue.md(histogram_markdown(value)),
             "probe_file": dg.MetadataValue.path(str(probe_file)),
         },
-        data_version=dg.DataVersion(f"{producer}:{docs.height}"),
+        data_version=scored_data_version(producer, docs["content_hash"]),
         check_results=[checks.score_range(context.asset_key.to_user_string(), value, 0.0, 1.0)],
     )

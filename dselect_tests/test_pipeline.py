@@ -94,36 +94,50 @@ def test_pipeline_end_to_end_and_growth(source, tmp_path, instance):
         "SELECT producer_ids_json FROM selections WHERE selection_id = ?", [exports["ask_llm_density"][0]])[0][0])
     assert set(lineage) == {"ask_llm", "density"}
 
-    # Train on a selection and on full data for the same budget, evaluate, report.
+    # Train on a selection and on full data for the same budget, two seeds each, evaluate, report.
     select(instance, resources, selection.FULL_DATA_KEY)
     budget = 100 * 8 * 128
-    train_config = {"ops": {"checkpoints": {"config": {"token_budget": budget, "batch_size": 8}}}}
+    train_config = {"checkpoints": {"config": {"token_budget": budget, "batch_size": 8}},
+                    "comparison_report": {"config": {"token_budget": budget, "batch_size": 8}}}
     for key in ("random@0.20", selection.FULL_DATA_KEY):
-        trained = dg.materialize(
-            [training.checkpoints, training.eval_metrics], partition_key=key, instance=instance,
-            resources=resources, run_config=train_config, raise_on_error=False,
-        )
-        ckpt = materialization_metadata(trained, "checkpoints")
-        assert ckpt["tokens_seen"] == budget and ckpt["final_loss"] < ckpt["first_loss"]
-        results = {c.check_name: c.passed for c in trained.get_asset_check_evaluations()}
-        assert results["loss_decreased"] is True
-        # Many epochs over a 20% sample of a tiny corpus overfit (the check may flag it);
-        # one model trained on all of it must beat the unigram baseline.
-        if key == selection.FULL_DATA_KEY:
-            assert results["perplexity_below_unigram"] is True and trained.success
-    epochs = dict(resources["store"].query(
-        "SELECT c.selection_key, r.outputs_json FROM checkpoints c JOIN runs r ON r.producer_id = c.checkpoint_id"
-        " AND r.asset = 'checkpoints'"))
-    assert json.loads(epochs["random@0.20"])["epochs"] > 3 * json.loads(epochs[selection.FULL_DATA_KEY])["epochs"]
+        for seed in ("0", "1"):
+            trained = dg.materialize(
+                [training.checkpoints, training.eval_metrics],
+                partition_key=dg.MultiPartitionKey({"selection": key, "seed": seed}), instance=instance,
+                resources=resources, run_config={"ops": {"checkpoints": train_config["checkpoints"]}},
+                raise_on_error=False,
+            )
+            ckpt = materialization_metadata(trained, "checkpoints")
+            assert ckpt["tokens_seen"] == budget and ckpt["final_loss"] < ckpt["first_loss"]
+            assert ckpt["seed"] == int(seed)
+            results = {c.check_name: c.passed for c in trained.get_asset_check_evaluations()}
+            assert results["loss_decreased"] is True
+            # Many epochs over a 20% sample of a tiny corpus overfit (the check may flag it);
+            # one model trained on all of it must beat the unigram baseline.
+            if key == selection.FULL_DATA_KEY:
+                assert results["perplexity_below_unigram"] is True and trained.success
+    epochs = dict(resources["store"].query("SELECT selection_key, max(epochs) FROM checkpoints GROUP BY 1"))
+    assert epochs["random@0.20"] > 3 * epochs[selection.FULL_DATA_KEY]
+    seeds_differ = resources["store"].query(
+        "SELECT count(DISTINCT sha256) FROM checkpoints WHERE selection_key = 'random@0.20'")[0][0]
+    assert seeds_differ == 2
     report = materialization_metadata(
-        dg.materialize([training.comparison_report], instance=instance, resources=resources), "comparison_report")
+        dg.materialize([training.comparison_report], instance=instance, resources=resources,
+                       run_config={"ops": {"comparison_report": train_config["comparison_report"]}}),
+        "comparison_report")
     assert "random" in report["report"] and "plot_high_quality" in report
+    assert report["seeds"] == 2 and report["checkpoints_compared"] == 4 and report["stale_checkpoints_left_out"] == 0
+    # A report asked for another training config finds no checkpoint of it: nothing is mixed in.
+    other = dg.materialize([training.comparison_report], instance=instance, resources=resources,
+                           raise_on_error=False,
+                           run_config={"ops": {"comparison_report": {"config": {"token_budget": 2 * budget}}}})
+    assert not other.success
 
     # Growth: a new shard is found by the sensor, and only its documents are scored.
     write_slice(src_corpus / "shard-002.jsonl", corpus_dir / "c.jsonl", 0, 12)
     sensor = defs.resolve_sensor_def("corpus_sensor")
     tick = sensor(dg.build_sensor_context(instance=instance, resources=resources,
-                                          cursor=json.dumps({p.name: corpus.shard_run_key(p)
+                                          cursor=json.dumps({p.name: corpus.shard_run_key(p.name, p)
                                                              for p in corpus_dir.glob("[ab].jsonl")})))
     assert [r.partition_key for r in tick.run_requests] == ["c.jsonl"]
     instance.add_dynamic_partitions("shards", list(tick.dynamic_partitions_requests[0].partition_keys))

@@ -190,15 +190,15 @@ def test_model_round_trips_through_safetensors(trained, tmp_path):
 def _results_frame() -> pl.DataFrame:
     rows = []
     for eval_set, shift in (("val", 0.0), ("hq", 10.0)):
-        rows += [
-            ("random", 0.2, eval_set, 20.0 + shift),
-            ("random", 0.5, eval_set, 18.0 + shift),
-            ("density", 0.2, eval_set, 18.0 + shift),  # two seeds, mean 19
-            ("density", 0.2, eval_set, 20.0 + shift),
-            ("density", 0.5, eval_set, 19.0 + shift),
-            ("full", 1.0, eval_set, 16.0 + shift),
-        ]
-    return pl.DataFrame(rows, schema=["sampler", "rate", "eval_set", "ppl"], orient="row")
+        for seed, noise in ((0, -0.5), (1, 0.5)):
+            rows += [
+                ("random", 0.2, seed, eval_set, 20.0 + shift + noise),
+                ("random", 0.5, seed, eval_set, 18.0 + shift),
+                ("density", 0.2, seed, eval_set, 18.0 + shift + 2 * noise),  # mean 19 over the two seeds
+                ("density", 0.5, seed, eval_set, 19.0 + shift),
+                ("full", 1.0, seed, eval_set, 16.0 + shift),
+            ]
+    return pl.DataFrame(rows, schema=["sampler", "rate", "seed", "eval_set", "ppl"], orient="row")
 
 
 def test_report_relative_numbers_table_and_plots(tmp_path):
@@ -212,11 +212,14 @@ def test_report_relative_numbers_table_and_plots(tmp_path):
         return hits.row(0, named=True)
 
     density_20 = row("density", 0.2, "val")
-    assert density_20["ppl"] == pytest.approx(19.0) and density_20["n_runs"] == 2
-    assert density_20["rel_change_vs_random_pct"] == pytest.approx(-5.0)  # (19 - 20) / 20
-    assert density_20["gap_closed_pct"] == pytest.approx(25.0)  # (20 - 19) / (20 - 16)
+    assert density_20["ppl"] == pytest.approx(18.0) and density_20["n_runs"] == 2
+    # Paired by seed: (17 - 19.5) / 19.5 and (19 - 20.5) / 20.5, averaged.
+    assert density_20["rel_change_vs_random_pct"] == pytest.approx(50 * (-2.5 / 19.5 - 1.5 / 20.5))
+    assert density_20["gap_closed_pct"] == pytest.approx(50 * (2.5 / 3.5 + 1.5 / 4.5))
     density_50 = row("density", 0.5, "hq")
     assert density_50["rel_change_vs_random_pct"] == pytest.approx(100 * (29 - 28) / 28)
+    assert density_50["rel_change_ci"] == pytest.approx(0.0)  # the same difference on both seeds
+    assert density_50["verdict"] == "worse than random"
     assert density_50["gap_closed_pct"] == pytest.approx(-50.0)  # (28 - 29) / (28 - 26)
     random_rows = summary.filter(pl.col("sampler") == "random")
     assert random_rows["rel_change_vs_random_pct"].to_list() == [0.0] * 4
@@ -225,10 +228,25 @@ def test_report_relative_numbers_table_and_plots(tmp_path):
     for path in report.plot_paths.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.markdown_path.read_text() == report.markdown
-    assert "| density | 20% | 29.00 | 19.00 |" in report.markdown  # columns sorted: hq, val
-    assert "| full | 100% | 26.00 | 16.00 |" in report.markdown
-    assert "| density | 20% | -3.3 | +25.0 | -5.0 | +25.0 |" in report.markdown
+    assert "2 seed(s) per configuration" in report.markdown
+    assert "| full | 100% | 26.00 ± 0.00 | 16.00 ± 0.00 |" in report.markdown
+    assert "| density | 50% | hq | +3.6 ± 0.0 | -50.0 ± 0.0 | worse than random |" in report.markdown
     assert pl.read_csv(report.summary_path).height == summary.height
+
+
+def test_paired_interval_separates_a_real_difference_from_seed_noise():
+    rows = []
+    for seed, noise in enumerate([-3.0, 0.0, 3.0, 1.0]):  # seed noise far larger than the effect
+        rows += [("random", 0.2, seed, "val", 40.0 + noise), ("steady", 0.2, seed, "val", 39.0 + noise),
+                 ("noisy", 0.2, seed, "val", 40.0 - noise)]
+    summary = relative_to_random(pl.DataFrame(rows, schema=["sampler", "rate", "seed", "eval_set", "ppl"],
+                                              orient="row"))
+    verdicts = dict(zip(summary["sampler"], summary["verdict"]))
+    assert verdicts["steady"] == "better than random"  # 1 lower on every seed: pairing removes the noise
+    assert verdicts["noisy"] == "not distinguishable from random"
+    single = relative_to_random(pl.DataFrame(rows[:3], schema=["sampler", "rate", "seed", "eval_set", "ppl"],
+                                             orient="row"))
+    assert set(single.filter(pl.col("sampler") != "random")["verdict"]) == {"one seed: no interval"}
 
 
 def test_gap_closed_is_null_without_a_gap_and_bad_rows_are_named():
@@ -243,6 +261,8 @@ def test_gap_closed_is_null_without_a_gap_and_bad_rows_are_named():
         relative_to_random(frame.with_columns(pl.Series("ppl", [16.0, float("nan"), 16.0])))
     with pytest.raises(ValueError, match="lacks columns"):
         relative_to_random(frame.drop("rate"))
+    with pytest.raises(ValueError, match="row 1: more than one row"):
+        relative_to_random(pl.concat([frame.head(1), frame.head(1)]))
 
 
 def test_bad_inputs_are_rejected(corpus, small_config, tmp_path):

@@ -28,13 +28,25 @@ from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.tiny_lm import GPTConfig
 from dselect_assets.resources import DataPaths, DuckDBStore
 
-TRAINING_RATES = [0.2, 0.6]
+# What the default run trains: the paper's headline comparison at 20%, every configuration
+# with several seeds so that a difference can be told from seed noise.
+TRAINED_SAMPLERS = [s for s in ("random", "density", "ask_llm_topk", "ask_llm_distilled", "perplexity_filter",
+                                "ask_llm_density") if s in DEFAULT_SAMPLERS]
+TRAINING_RATES = [0.2]
+TRAINING_SEEDS = ["0", "1", "2"]
 # Bump when a change to this module or to the training/eval code changes the results.
-TRAINING_VERSION = "1"
-training_partitions = dg.StaticPartitionsDefinition(
-    [selection_key(s, r) for s in DEFAULT_SAMPLERS for r in TRAINING_RATES] + [FULL_DATA_KEY]
-)
-same_selection = dg.StaticPartitionMapping({k: k for k in training_partitions.get_partition_keys()})
+TRAINING_VERSION = "2"
+training_partitions = dg.MultiPartitionsDefinition({
+    "selection": dg.StaticPartitionsDefinition(
+        [selection_key(s, r) for s in TRAINED_SAMPLERS for r in TRAINING_RATES] + [FULL_DATA_KEY]),
+    "seed": dg.StaticPartitionsDefinition(TRAINING_SEEDS),
+})
+its_selection = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="selection")
+
+
+def training_key(context: dg.AssetExecutionContext) -> tuple[str, int]:
+    keys = context.partition_key.keys_by_dimension
+    return keys["selection"], int(keys["seed"])
 
 
 class TokenizerConfig(dg.Config):
@@ -55,9 +67,12 @@ def lm_tokenizer_file(
     hashes = sorted(r[0] for r in store.query("SELECT content_hash FROM contents") if r[0] not in held_out)
     texts = texts_for(store, hashes)["text"].to_list()
     tokenizer = lm_tokenizer.train_tokenizer(texts, vocab_size=config.vocab_size)
-    out_file = lm_tokenizer.save_tokenizer(tokenizer, paths.dir("models") / "tokenizer.json")
+    # Content-addressed, never overwritten: a checkpoint keeps pointing at the tokenizer it used.
+    staged = lm_tokenizer.save_tokenizer(tokenizer, paths.dir("models") / f".tokenizer.{context.run.run_id}.json")
+    digest = file_sha256(staged)
+    out_file = staged.replace(staged.with_name(f"tokenizer-{digest[:16]}.json"))
     with store.transaction() as con:
-        digest = register_artifact(con, out_file, "tokenizer", context.run.run_id, None, None, len(texts))
+        register_artifact(con, out_file, "tokenizer", context.run.run_id, None, None, len(texts), digest)
         record_run(con, context, config.model_dump(), outputs={"documents": len(texts), "sha256": digest})
     return dg.MaterializeResult(
         metadata={"documents": len(texts), "vocab_size": tokenizer.get_vocab_size(),
@@ -67,14 +82,16 @@ def lm_tokenizer_file(
 
 
 class TrainingConfig(dg.Config):
+    """The seed is not here: it is the checkpoint's partition (see training_partitions)."""
+
     token_budget: int = train.DEFAULT_TOKEN_BUDGET
     batch_size: int = train.TrainConfig().batch_size
     learning_rate: float = train.TrainConfig().learning_rate
-    seed: int = 0
     checkpoint_every: int = train.TrainConfig().checkpoint_every
 
 
-def latest_selection(store: DuckDBStore, key: str) -> tuple[str, str]:
+def current_selection(store: DuckDBStore, key: str) -> tuple[str, str]:
+    """The selection now recorded for a (sampler, rate): what a new checkpoint trains on."""
     rows = store.query(
         "SELECT selection_id, export_path FROM selections WHERE selection_key = ? ORDER BY created_at DESC LIMIT 1",
         [key],
@@ -84,16 +101,17 @@ def latest_selection(store: DuckDBStore, key: str) -> tuple[str, str]:
     return rows[0]
 
 
-def tokenizer_path(paths: DataPaths) -> Path:
-    path = paths.root / "models" / "tokenizer.json"
-    if not path.exists():
-        raise dg.Failure(f"no tokenizer at {path}; materialize lm_tokenizer_file first")
-    return path
+def current_tokenizer(store: DuckDBStore) -> tuple[Path, str]:
+    rows = store.query(
+        "SELECT path, sha256 FROM artifacts WHERE kind = 'tokenizer' ORDER BY created_at DESC LIMIT 1")
+    if not rows or not Path(rows[0][0]).exists():
+        raise dg.Failure("no tokenizer; materialize lm_tokenizer_file first")
+    return Path(rows[0][0]), rows[0][1]
 
 
 @dg.asset(
     partitions_def=training_partitions,
-    ins={"selections": dg.AssetIn(partition_mapping=same_selection, dagster_type=dg.Nothing)},
+    ins={"selections": dg.AssetIn(partition_mapping=its_selection, dagster_type=dg.Nothing)},
     deps=["lm_tokenizer_file"],
     group_name="training",
     code_version=TRAINING_VERSION,
@@ -105,9 +123,9 @@ def tokenizer_path(paths: DataPaths) -> Path:
 def checkpoints(
     context: dg.AssetExecutionContext, config: TrainingConfig, store: DuckDBStore, paths: DataPaths
 ) -> dg.MaterializeResult:
-    key = context.partition_key
-    selection_id, export_path = latest_selection(store, key)
-    tok_path = tokenizer_path(paths)
+    key, seed = training_key(context)
+    selection_id, export_path = current_selection(store, key)
+    tok_path, tok_sha = current_tokenizer(store)
     tokenizer = lm_tokenizer.load_tokenizer(tok_path)
     texts = pl.read_parquet(export_path, columns=["text"])["text"].to_list()
     token_docs = lm_tokenizer.encode_documents(tokenizer, texts)
@@ -119,18 +137,22 @@ def checkpoints(
         model=GPTConfig(vocab_size=tokenizer.get_vocab_size()),
     )
     checkpoint_id = make_producer_id(
-        "checkpoint", selection=selection_id, config=config.model_dump(),
-        tokenizer=file_sha256(tok_path), code=train.__name__ + "/1",
+        "checkpoint", selection=selection_id, config=config.model_dump(), seed=seed,
+        tokenizer=tok_sha, code=train.__name__ + "/1",
     )
     out_dir = paths.dir("checkpoints", checkpoint_id.replace(":", "-"))
-    result = train.train_lm(token_docs, train_config, out_dir, seed=config.seed, resume=True)
+    result = train.train_lm(token_docs, train_config, out_dir, seed=seed, resume=True)
     losses = result.loss_history
     with store.transaction() as con:
         sha = register_artifact(con, Path(result.weights_path), "checkpoint", context.run.run_id, checkpoint_id, key)
         con.execute(
-            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+            "INSERT OR REPLACE INTO checkpoints (checkpoint_id, selection_id, selection_key, config_json, path,"
+            " sha256, steps, tokens_seen, first_loss, final_loss, seconds, run_id, created_at, seed,"
+            " tokenizer_path, tokenizer_sha256, epochs, documents)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?, ?)",
             [checkpoint_id, selection_id, key, json.dumps(config.model_dump(), sort_keys=True), str(out_dir), sha,
-             result.steps, result.tokens_seen, losses[0], losses[-1], result.wall_seconds, context.run.run_id],
+             result.steps, result.tokens_seen, losses[0], losses[-1], result.wall_seconds, context.run.run_id,
+             seed, str(tok_path), tok_sha, result.epochs, len(texts)],
         )
         record_run(con, context, config.model_dump(), checkpoint_id,
                    outputs={"steps": result.steps, "final_loss": losses[-1], "epochs": result.epochs})
@@ -138,6 +160,8 @@ def checkpoints(
         metadata={
             "checkpoint_id": checkpoint_id,
             "selection_id": selection_id,
+            "seed": seed,
+            "tokenizer": dg.MetadataValue.path(str(tok_path)),
             "documents": len(texts),
             "steps": result.steps,
             "tokens_seen": result.tokens_seen,
@@ -154,15 +178,18 @@ def checkpoints(
     )
 
 
-def latest_checkpoint(store: DuckDBStore, key: str) -> tuple[str, str, str]:
+def checkpoint_lineage(store: DuckDBStore, key: str, seed: int) -> tuple[str, str, Path, str]:
+    """The newest checkpoint of (selection key, seed) with the export and tokenizer it was trained on."""
     rows = store.query(
-        "SELECT checkpoint_id, path, selection_id FROM checkpoints WHERE selection_key = ?"
-        " ORDER BY created_at DESC LIMIT 1",
-        [key],
+        "SELECT c.checkpoint_id, c.path, c.tokenizer_path, s.export_path FROM checkpoints c"
+        " JOIN selections s USING (selection_id) WHERE c.selection_key = ? AND c.seed = ?"
+        " ORDER BY c.created_at DESC LIMIT 1",
+        [key, seed],
     )
     if not rows:
-        raise dg.Failure(f"no checkpoint for {key}; materialize checkpoints[{key}] first")
-    return rows[0]
+        raise dg.Failure(f"no checkpoint for {key} seed {seed}; materialize checkpoints[{key}|{seed}] first")
+    checkpoint_id, model_dir, tok_path, export_path = rows[0]
+    return checkpoint_id, model_dir, Path(tok_path), export_path
 
 
 @dg.asset(
@@ -176,10 +203,10 @@ def latest_checkpoint(store: DuckDBStore, key: str) -> tuple[str, str, str]:
     "beside a unigram baseline fit on the same selection.",
 )
 def eval_metrics(context: dg.AssetExecutionContext, store: DuckDBStore, paths: DataPaths) -> dg.MaterializeResult:
-    key = context.partition_key
-    checkpoint_id, model_dir, _ = latest_checkpoint(store, key)
-    tokenizer = lm_tokenizer.load_tokenizer(tokenizer_path(paths))
-    _, export_path = latest_selection(store, key)
+    key, seed = training_key(context)
+    # The checkpoint's own selection and tokenizer, whatever has been selected or trained since.
+    checkpoint_id, model_dir, tok_path, export_path = checkpoint_lineage(store, key, seed)
+    tokenizer = lm_tokenizer.load_tokenizer(tok_path)
     train_docs = lm_tokenizer.encode_documents(
         tokenizer, pl.read_parquet(export_path, columns=["text"])["text"].to_list()
     )
@@ -218,29 +245,73 @@ def eval_metrics(context: dg.AssetExecutionContext, store: DuckDBStore, paths: D
     description="Held-out perplexity vs sampling rate per sampler, full data as a line, and the change "
     "relative to random at the same rate.",
 )
-def comparison_report(context: dg.AssetExecutionContext, store: DuckDBStore, paths: DataPaths) -> dg.MaterializeResult:
-    latest = store.query(
-        "WITH latest AS (SELECT selection_key, arg_max(checkpoint_id, created_at) AS checkpoint_id"
-        "  FROM checkpoints GROUP BY selection_key)"
-        " SELECT l.selection_key, m.eval_set, m.perplexity FROM latest l JOIN eval_metrics m USING (checkpoint_id)"
-        " ORDER BY 1, 2"
+def comparison_report(
+    context: dg.AssetExecutionContext, config: TrainingConfig, store: DuckDBStore, paths: DataPaths
+) -> dg.MaterializeResult:
+    """Only checkpoints of the current selections, training config and tokenizer are compared;
+    older ones are listed as stale, never mixed in."""
+    config_json = json.dumps(config.model_dump(), sort_keys=True)
+    rows = store.query(
+        "WITH current_selection AS (SELECT selection_key, arg_max(selection_id, created_at) AS selection_id"
+        "  FROM selections GROUP BY selection_key),"
+        " newest AS (SELECT selection_key, seed, arg_max(checkpoint_id, created_at) AS checkpoint_id"
+        "  FROM checkpoints GROUP BY selection_key, seed)"
+        " SELECT c.selection_key, c.seed, c.checkpoint_id, m.eval_set, m.perplexity, c.epochs, c.documents,"
+        "  c.selection_id = cs.selection_id AND c.config_json = ? AND c.tokenizer_sha256 = ? AS is_current"
+        " FROM newest n JOIN checkpoints c USING (checkpoint_id) JOIN eval_metrics m USING (checkpoint_id)"
+        " LEFT JOIN current_selection cs ON cs.selection_key = c.selection_key ORDER BY 1, 2, 4",
+        [config_json, current_tokenizer(store)[1]],
     )
-    if not latest:
-        raise dg.Failure("no evaluated checkpoints yet; materialize eval_metrics first")
+    current = [r for r in rows if r[7]]
+    if not current:
+        raise dg.Failure("no evaluated checkpoint of the current selections and training config yet; "
+                         "materialize checkpoints and eval_metrics first")
+    stale = sorted({f"{key} seed {seed}" for key, seed, *_, is_current in rows if not is_current})
     results = pl.DataFrame(
-        [(*parse_selection_key(k), e, p) for k, e, p in latest],
-        schema={"sampler": pl.String, "rate": pl.Float64, "eval_set": pl.String, "ppl": pl.Float64},
+        [(*parse_selection_key(k), seed, e, p) for k, seed, _, e, p, *_ in current],
+        schema={"sampler": pl.String, "rate": pl.Float64, "seed": pl.Int64, "eval_set": pl.String, "ppl": pl.Float64},
         orient="row",
     )
-    built = report.build_report(results, paths.dir("reports", "comparison"))
+    epochs = {}
+    for key, _, _, _, _, n_epochs, n_docs, _ in current:
+        epochs.setdefault(key, (n_docs, n_epochs))
+    notes = [
+        "Training data per selection (same token budget for all): "
+        + "; ".join(f"{k}: {d} documents, {e:.1f} epochs" for k, (d, e) in sorted(epochs.items()) if e is not None),
+        *score_agreement(store),
+    ]
+    if stale:
+        notes.append(f"Left out as stale (trained on an older selection, config or tokenizer): {', '.join(stale)}.")
+    built = report.build_report(results, paths.dir("reports", "comparison"), notes=notes)
     with store.transaction() as con:
         report_sha = register_artifact(con, built.markdown_path, "report", context.run.run_id)
-        record_run(con, context, {}, outputs={"rows": results.height})
+        record_run(con, context, config.model_dump(), outputs={"rows": results.height, "stale": len(stale)})
     metadata = {
         "report": dg.MetadataValue.md(built.markdown),
         "report_file": dg.MetadataValue.path(str(built.markdown_path)),
-        "checkpoints_compared": len({k for k, _, _ in latest}),
+        "checkpoints_compared": len({(k, seed) for k, seed, *_ in current}),
+        "seeds": results["seed"].n_unique(),
+        "stale_checkpoints_left_out": len(stale),
     }
     for eval_set, png in built.plot_paths.items():
         metadata[f"plot_{eval_set}"] = png_markdown(png, f"perplexity on {eval_set}")
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(report_sha))
+
+
+def score_agreement(store: DuckDBStore) -> list[str]:
+    """Kendall tau between Ask-LLM and perplexity scores over the corpus (the paper finds about 0)."""
+    from scipy.stats import kendalltau
+
+    rows = store.query(
+        "WITH newest AS (SELECT kind, arg_max(producer_id, created_at) AS producer_id FROM producers"
+        "  WHERE kind IN ('ask_llm', 'perplexity') GROUP BY kind)"
+        " SELECT a.value, p.value FROM scores a JOIN scores p USING (content_hash)"
+        " WHERE a.producer_id = (SELECT producer_id FROM newest WHERE kind = 'ask_llm')"
+        "  AND p.producer_id = (SELECT producer_id FROM newest WHERE kind = 'perplexity')"
+        "  AND a.value IS NOT NULL AND p.value IS NOT NULL"
+    )
+    if len(rows) < 3:
+        return []
+    tau = kendalltau([a for a, _ in rows], [-p for _, p in rows]).statistic
+    return [f"Kendall tau between Ask-LLM P(yes) and LM likelihood (-perplexity) over {len(rows)} documents: "
+            f"{tau:+.3f} (the paper finds about 0)."]

@@ -1,22 +1,23 @@
-"""Comparison report across samplers and sampling rates: tables, plots, and numbers relative to random.
+"""Comparison report across samplers, sampling rates and seeds: means with intervals, and
+paired differences from random that say whether they stand out from seed noise.
 
-Input: one row per (sampler, rate, eval_set) perplexity, repeated rows (seeds)
-are averaged, plus full-data baseline rows with sampler="full", rate=1.0.
+Input: one row per (sampler, rate, seed, eval_set) perplexity, plus full-data rows with
+sampler="full", rate=1.0. `seed` is optional (missing: every row is seed 0).
 
-Two summary numbers per (sampler, rate, eval_set):
+Per (sampler, rate, eval_set):
 
-- ``rel_change_vs_random_pct`` = 100 * (ppl - ppl_random) / ppl_random, with
-  ppl_random the random sampler's perplexity at the same rate. Negative = better
-  than random.
-- ``gap_closed_pct`` = 100 * (ppl_random - ppl) / (ppl_random - ppl_full): the
-  share of the perplexity that random subsampling loses against the full data
-  (same token budget) which this sampler wins back. 0 = no better than random,
-  100 = as good as the full data, >100 = better than the full data, <0 = worse
-  than random. It plays the role of the paper's "over-scaling" (share of the gap
-  to the next model size closed by training on the sample): here the reference
-  gap is random-sample-vs-full-data, because we train one model size. It is
-  null where random loses less than `min_gap_fraction` of ppl_full (no gap to
-  close, so the ratio would be noise) or where random/full rows are missing.
+- ``ppl`` ± ``ppl_ci``: mean over seeds and the half-width of its 95% t-interval.
+- ``rel_change_vs_random_pct`` ± ``rel_change_ci``: 100 * (ppl - ppl_random) / ppl_random,
+  computed per seed against random at the same rate *and seed* (the same training seed, so
+  the pair shares its initialisation and batch order), then averaged. Negative = better.
+- ``gap_closed_pct`` ± ``gap_closed_ci``: 100 * (ppl_random - ppl) / (ppl_random - ppl_full)
+  per seed: the share of what random subsampling loses against the full data (same token
+  budget) that this sampler wins back; 0 = random, 100 = full data. It plays the role of the
+  paper's over-scaling figure, with the random-vs-full gap as the reference because one model
+  size is trained. Null where random loses less than `min_gap_fraction` of ppl_full.
+- ``verdict``: "better than random" / "worse than random" when the paired interval excludes
+  zero, otherwise "not distinguishable from random"; with one seed there is no interval and
+  the verdict says so.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+from scipy import stats
 
 FULL_SAMPLER = "full"
 RANDOM_SAMPLER = "random"
 REQUIRED_COLUMNS = ("sampler", "rate", "eval_set", "ppl")
+NO_INTERVAL = "one seed: no interval"
 
 
 @dataclass
@@ -46,9 +49,11 @@ def _validate(results: pl.DataFrame) -> pl.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in results.columns]
     if missing:
         raise ValueError(f"results frame lacks columns {missing}; has {results.columns}")
+    seed = pl.col("seed").cast(pl.Int64) if "seed" in results.columns else pl.lit(0, dtype=pl.Int64).alias("seed")
     frame = results.select(
         pl.col("sampler").cast(pl.Utf8),
         pl.col("rate").cast(pl.Float64),
+        seed,
         pl.col("eval_set").cast(pl.Utf8),
         pl.col("ppl").cast(pl.Float64),
     ).with_row_index("row")
@@ -60,46 +65,96 @@ def _validate(results: pl.DataFrame) -> pl.DataFrame:
     bad_rate = frame.filter(pl.col("rate").is_null() | ~((pl.col("rate") > 0) & (pl.col("rate") <= 1)))
     if bad_rate.height:
         raise ValueError(f"results row {bad_rate['row'][0]}: rate must be in (0, 1], got {bad_rate['rate'][0]}")
+    duplicated = frame.filter(~pl.struct("sampler", "rate", "seed", "eval_set").is_first_distinct())
+    if duplicated.height:
+        raise ValueError(f"results row {duplicated['row'][0]}: more than one row for the same (sampler, rate, seed, "
+                         "eval_set)")
     return frame.drop("row")
 
 
+def _t975(n: int) -> float | None:
+    return float(stats.t.ppf(0.975, n - 1)) if n and n > 1 else None
+
+
+def with_interval(frame: pl.DataFrame, name: str) -> pl.DataFrame:
+    """From `{name}_sd` and `{name}_n`, the 95% t-interval half-width `{name}_ci` (null below two values)."""
+    t = frame[f"{name}_n"].map_elements(_t975, return_dtype=pl.Float64)
+    ci = t * frame[f"{name}_sd"] / frame[f"{name}_n"].cast(pl.Float64).sqrt()
+    return frame.with_columns(ci.alias(f"{name}_ci")).drop(f"{name}_sd", f"{name}_n")
+
+
+def _spread(column: str, name: str) -> list[pl.Expr]:
+    values = pl.col(column).drop_nulls()
+    return [values.std().alias(f"{name}_sd"), values.count().alias(f"{name}_n")]
+
+
 def relative_to_random(results: pl.DataFrame, min_gap_fraction: float = 0.005) -> pl.DataFrame:
-    """Mean ppl per (sampler, rate, eval_set) with the two numbers defined in the module docstring."""
+    """One row per (sampler, rate, eval_set) with the numbers defined in the module docstring."""
     frame = _validate(results)
-    mean = frame.group_by("sampler", "rate", "eval_set").agg(pl.col("ppl").mean(), pl.len().alias("n_runs"))
-    random = mean.filter(pl.col("sampler") == RANDOM_SAMPLER).select(
-        "rate", "eval_set", pl.col("ppl").alias("random_ppl")
-    )
-    full = (
-        mean.filter(pl.col("sampler") == FULL_SAMPLER)
-        .group_by("eval_set")
-        .agg(pl.col("ppl").mean().alias("full_ppl"))
-    )
+    random = frame.filter(pl.col("sampler") == RANDOM_SAMPLER).select(
+        "rate", "seed", "eval_set", pl.col("ppl").alias("random_ppl"))
+    full = frame.filter(pl.col("sampler") == FULL_SAMPLER).select("seed", "eval_set", pl.col("ppl").alias("full_ppl"))
     gap = pl.col("random_ppl") - pl.col("full_ppl")
-    return (
-        mean.filter(pl.col("sampler") != FULL_SAMPLER)
-        .join(random, on=["rate", "eval_set"], how="left")
-        .join(full, on="eval_set", how="left")
+    paired = (
+        frame.filter(pl.col("sampler") != FULL_SAMPLER)
+        .join(random, on=["rate", "seed", "eval_set"], how="left")
+        .join(full, on=["seed", "eval_set"], how="left")
         .with_columns(
-            (100.0 * (pl.col("ppl") - pl.col("random_ppl")) / pl.col("random_ppl")).alias(
-                "rel_change_vs_random_pct"
-            ),
+            (100.0 * (pl.col("ppl") - pl.col("random_ppl")) / pl.col("random_ppl")).alias("rel"),
             pl.when(gap > min_gap_fraction * pl.col("full_ppl"))
             .then(100.0 * (pl.col("random_ppl") - pl.col("ppl")) / gap)
             .otherwise(None)
-            .alias("gap_closed_pct"),
+            .alias("gap_closed"),
         )
-        .sort(pl.col("sampler") != RANDOM_SAMPLER, "sampler", "rate", "eval_set")
     )
+    summary = paired.group_by("sampler", "rate", "eval_set").agg(
+        pl.col("ppl").mean(),
+        *_spread("ppl", "ppl"),
+        pl.len().alias("n_runs"),
+        pl.col("rel").mean().alias("rel_change_vs_random_pct"),
+        *_spread("rel", "rel_change"),
+        pl.col("rel").count().alias("n_paired"),
+        pl.col("gap_closed").mean().alias("gap_closed_pct"),
+        *_spread("gap_closed", "gap_closed"),
+    )
+    for name in ("ppl", "rel_change", "gap_closed"):
+        summary = with_interval(summary, name)
+    low = pl.col("rel_change_vs_random_pct") - pl.col("rel_change_ci")
+    high = pl.col("rel_change_vs_random_pct") + pl.col("rel_change_ci")
+    verdict = (
+        pl.when(pl.col("sampler") == RANDOM_SAMPLER).then(pl.lit("the reference"))
+        .when(pl.col("n_paired") == 0).then(pl.lit("no random run to compare with"))
+        .when(pl.col("rel_change_ci").is_null()).then(pl.lit(NO_INTERVAL))
+        .when(high < 0).then(pl.lit("better than random"))
+        .when(low > 0).then(pl.lit("worse than random"))
+        .otherwise(pl.lit("not distinguishable from random"))
+    )
+    return summary.with_columns(verdict.alias("verdict")).sort(
+        pl.col("sampler") != RANDOM_SAMPLER, "sampler", "rate", "eval_set")
+
+
+def full_data(results: pl.DataFrame) -> pl.DataFrame:
+    """Mean and interval of the full-data runs per eval set."""
+    frame = _validate(results).filter(pl.col("sampler") == FULL_SAMPLER)
+    return with_interval(
+        frame.group_by("eval_set").agg(pl.col("ppl").mean(), *_spread("ppl", "ppl"), pl.len().alias("n_runs")), "ppl")
 
 
 def _fmt(value: float | None, fmt: str) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+def _with_ci(value: float | None, ci: float | None, fmt: str) -> str:
+    text = _fmt(value, fmt)
+    return text if ci is None or text == "n/a" else f"{text} ± {format(ci, fmt.lstrip('+'))}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -107,7 +162,7 @@ def _sampler_order(samplers: list[str]) -> list[str]:
     return sorted(set(samplers), key=lambda s: (s != RANDOM_SAMPLER, s))
 
 
-def _plot(summary: pl.DataFrame, full_ppl: float | None, eval_set: str, path: Path) -> None:
+def _plot(summary: pl.DataFrame, full: dict, eval_set: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,14 +170,21 @@ def _plot(summary: pl.DataFrame, full_ppl: float | None, eval_set: str, path: Pa
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     rows = summary.filter(pl.col("eval_set") == eval_set)
-    for sampler in _sampler_order(rows["sampler"].to_list()):
+    samplers = _sampler_order(rows["sampler"].to_list())
+    for i, sampler in enumerate(samplers):
         series = rows.filter(pl.col("sampler") == sampler).sort("rate")
         style = {"color": "black", "linestyle": "--"} if sampler == RANDOM_SAMPLER else {}
-        ax.plot((series["rate"] * 100).to_list(), series["ppl"].to_list(), marker="o", label=sampler, **style)
-    if full_ppl is not None:
-        ax.axhline(full_ppl, color="gray", linestyle=":", label="full data")
+        # Small horizontal offsets keep overlapping error bars readable.
+        x = [(r * 100) + (i - len(samplers) / 2) * 0.4 for r in series["rate"].to_list()]
+        ax.errorbar(x, series["ppl"].to_list(), yerr=series["ppl_ci"].fill_null(0).to_list(), marker="o",
+                    capsize=3, label=sampler, **style)
+    if eval_set in full:
+        mean, ci = full[eval_set]
+        ax.axhline(mean, color="gray", linestyle=":", label="full data")
+        if ci:
+            ax.axhspan(mean - ci, mean + ci, color="gray", alpha=0.15)
     ax.set_xlabel("sampling rate (%)")
-    ax.set_ylabel("perplexity")
+    ax.set_ylabel("perplexity (mean, 95% interval over seeds)")
     ax.set_title(f"held-out perplexity: {eval_set}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -131,60 +193,71 @@ def _plot(summary: pl.DataFrame, full_ppl: float | None, eval_set: str, path: Pa
     plt.close(fig)
 
 
-def build_report(results: pl.DataFrame, out_dir: str | Path, title: str = "dselect: sampler comparison") -> Report:
+def findings(summary: pl.DataFrame) -> list[str]:
+    """One sentence per comparison whose paired interval excludes zero, then what did not."""
+    lines, unclear = [], []
+    for row in summary.filter(pl.col("sampler") != RANDOM_SAMPLER).iter_rows(named=True):
+        where = f"{row['sampler']} at {row['rate']:.0%} on {row['eval_set']}"
+        if row["verdict"] in ("better than random", "worse than random"):
+            lines.append(f"- {where}: {row['verdict']}, "
+                         f"{_with_ci(row['rel_change_vs_random_pct'], row['rel_change_ci'], '+.1f')}% perplexity "
+                         f"({row['n_paired']} paired seeds).")
+        else:
+            unclear.append(where)
+    if unclear:
+        lines.append(f"- Not distinguishable from random (interval includes 0, or one seed): {', '.join(unclear)}.")
+    return lines or ["- No comparison with random is possible yet."]
+
+
+def build_report(results: pl.DataFrame, out_dir: str | Path, title: str = "dselect: sampler comparison",
+                 notes: list[str] | None = None) -> Report:
     """Write report.md, summary.csv and one ppl_<eval_set>.png per eval set into `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = relative_to_random(results)
+    full_rows = full_data(results)
+    full = {r["eval_set"]: (r["ppl"], r["ppl_ci"]) for r in full_rows.iter_rows(named=True)}
     frame = _validate(results)
-    full = frame.filter(pl.col("sampler") == FULL_SAMPLER).group_by("eval_set").agg(pl.col("ppl").mean())
-    full_ppl = dict(zip(full["eval_set"].to_list(), full["ppl"].to_list()))
     eval_sets = sorted(set(frame["eval_set"].to_list()))
-
-    def lookup(sampler: str, rate: float, eval_set: str, column: str) -> float | None:
-        hit = summary.filter(
-            (pl.col("sampler") == sampler) & (pl.col("rate") == rate) & (pl.col("eval_set") == eval_set)
-        )
-        return hit[column][0] if hit.height else None
-
+    seeds = sorted(set(frame["seed"].to_list()))
+    by_key = {(r["sampler"], r["rate"], r["eval_set"]): r for r in summary.iter_rows(named=True)}
     keys = summary.select("sampler", "rate").unique().sort(pl.col("sampler") != RANDOM_SAMPLER, "sampler", "rate")
-    ppl_rows = [
-        [s, f"{r:.0%}", *(_fmt(lookup(s, r, e, "ppl"), ".2f") for e in eval_sets)] for s, r in keys.iter_rows()
-    ]
-    if full_ppl:
-        ppl_rows.append([FULL_SAMPLER, "100%", *(_fmt(full_ppl.get(e), ".2f") for e in eval_sets)])
+
+    def cell(s: str, r: float, e: str, value: str, ci: str, fmt: str) -> str:
+        row = by_key.get((s, r, e))
+        return _with_ci(row[value], row[ci], fmt) if row else "n/a"
+
+    ppl_rows = [[s, f"{r:.0%}", *(cell(s, r, e, "ppl", "ppl_ci", ".2f") for e in eval_sets)]
+                for s, r in keys.iter_rows()]
+    if full:
+        ppl_rows.append([FULL_SAMPLER, "100%", *(_with_ci(*full[e], ".2f") if e in full else "n/a"
+                                                for e in eval_sets)])
     relative_rows = [
-        [
-            s,
-            f"{r:.0%}",
-            *(
-                _fmt(lookup(s, r, e, column), "+.1f")
-                for e in eval_sets
-                for column in ("rel_change_vs_random_pct", "gap_closed_pct")
-            ),
-        ]
-        for s, r in keys.iter_rows()
-        if s != RANDOM_SAMPLER
+        [s, f"{r:.0%}", e, cell(s, r, e, "rel_change_vs_random_pct", "rel_change_ci", "+.1f"),
+         cell(s, r, e, "gap_closed_pct", "gap_closed_ci", "+.1f"), by_key[(s, r, e)]["verdict"]]
+        for s, r in keys.iter_rows() if s != RANDOM_SAMPLER for e in eval_sets if (s, r, e) in by_key
     ]
     markdown = "\n\n".join(
         [
             f"# {title}",
+            f"{len(seeds)} seed(s) per configuration ({', '.join(map(str, seeds))}); ± is the half-width of a 95% "
+            "t-interval over seeds.",
             "## Held-out perplexity (lower is better)",
-            _markdown_table(["sampler", "rate", *eval_sets], ppl_rows),
-            "## Relative to random at the same rate",
+            markdown_table(["sampler", "rate", *eval_sets], ppl_rows),
+            "## Paired with random at the same rate and seed",
             "Δ% = perplexity change vs random (negative = better). Gap closed % = share of the random-vs-full-data "
             "perplexity gap this sampler wins back (0 = random, 100 = full data; the paper's over-scaling analogue).",
-            _markdown_table(
-                ["sampler", "rate", *(f"{e} {kind}" for e in eval_sets for kind in ("Δ% vs random", "gap closed %"))],
-                relative_rows,
-            ),
+            markdown_table(["sampler", "rate", "eval set", "Δ% vs random", "gap closed %", "verdict"], relative_rows),
+            "## What stands out from seed noise",
+            "\n".join(findings(summary)),
+            *(["## Notes", "\n".join(f"- {n}" for n in notes)] if notes else []),
         ]
     ) + "\n"
     plot_paths = {}
     for eval_set in eval_sets:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", eval_set)
         plot_paths[eval_set] = out_dir / f"ppl_{slug}.png"
-        _plot(summary, full_ppl.get(eval_set), eval_set, plot_paths[eval_set])
+        _plot(summary, full, eval_set, plot_paths[eval_set])
     markdown_path = out_dir / "report.md"
     markdown_path.write_text(markdown)
     summary_path = out_dir / "summary.csv"

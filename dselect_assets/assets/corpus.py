@@ -126,6 +126,94 @@ def _without_rows(documents_file: Path, rows: list[int]) -> Path:
     return out
 
 
+# ---------------------------------------------------------------- first occurrence
+# `contents` (sql/005_contents_owner.sql) holds each distinct text once with its owner: the shard
+# that brought it first in arrival order. It is maintained here, inside the transaction that
+# replaces or removes a shard's rows, for the texts that shard held before or holds now.
+_TOUCHED = "_touched_texts"
+
+
+def _note_texts_held(con: duckdb.DuckDBPyConnection, shard: str) -> None:
+    """Remember the texts `shard` holds now, before its rows are replaced or removed."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_TOUCHED} AS"
+        " SELECT DISTINCT content_hash FROM documents WHERE shard = ?",
+        [shard],
+    )
+
+
+def _record_arrival(con: duckdb.DuckDBPyConnection, shard: str) -> None:
+    """A shard seen for the first time arrives after every other (re-ingest keeps its place)."""
+    if con.execute("SELECT 1 FROM shard_arrivals WHERE shard = ?", [shard]).fetchone() is None:
+        (last,) = con.execute("SELECT coalesce(max(arrival), 0) FROM shard_arrivals").fetchone()
+        con.execute("INSERT INTO shard_arrivals VALUES (?, ?, now())", [shard, last + 1])
+
+
+def _update_owners(con: duckdb.DuckDBPyConnection, shard: str) -> None:
+    """Re-derive the `contents` rows of every text `shard` held (noted before) or holds now.
+
+    A text keeps its owner while the owner still holds it (its row may move); otherwise the
+    earliest-arrived shard holding it owns it, then by shard name and row; a text no shard
+    holds any more leaves `contents`. Occurrences are recounted over all shards.
+    """
+    con.execute(
+        f"INSERT INTO {_TOUCHED} SELECT DISTINCT content_hash FROM documents WHERE shard = ?"
+        f" EXCEPT SELECT content_hash FROM {_TOUCHED}",
+        [shard],
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _new_owners AS"
+        " SELECT content_hash, shard, row_number, doc_id, n_chars, occurrences FROM ("
+        "  SELECT d.content_hash, d.shard, d.row_number, d.doc_id, d.n_chars,"
+        "   count(*) OVER (PARTITION BY d.content_hash) AS occurrences,"
+        "   row_number() OVER (PARTITION BY d.content_hash ORDER BY"
+        "    (d.shard = c.shard) IS TRUE DESC, a.arrival NULLS LAST, d.shard, d.row_number) AS pick"
+        f"  FROM documents d JOIN {_TOUCHED} t ON t.content_hash = d.content_hash"
+        "  LEFT JOIN contents c ON c.content_hash = d.content_hash"
+        "  LEFT JOIN shard_arrivals a ON a.shard = d.shard"
+        " ) WHERE pick = 1"
+    )
+    con.execute(f"DELETE FROM contents WHERE content_hash IN (SELECT content_hash FROM {_TOUCHED})")
+    con.execute("INSERT INTO contents SELECT * FROM _new_owners")
+    con.execute(f"DROP TABLE {_TOUCHED}")
+    con.execute("DROP TABLE _new_owners")
+
+
+RETIRED_FILE_DELETED = "file deleted from the corpus directory"
+
+
+def retire_shard(store: DuckDBStore, shard: str, reason: str = RETIRED_FILE_DELETED) -> dict | None:
+    """Remove a shard's rows from the store in one transaction, recording why in `retired_shards`.
+
+    Its documents and quarantine rows go, the texts it owned move to another shard holding
+    them (or leave `contents`), and its documents file is deleted once that is committed.
+    Scores and embeddings stay: they are keyed by text and the texts may come back.
+    Returns the `retired_shards` row, or None when the store never ingested the shard.
+    """
+    with store.transaction() as con:
+        row = con.execute(
+            "SELECT file_sha256, documents_file FROM shards WHERE shard = ?", [shard]
+        ).fetchone()
+        (n_documents,) = con.execute("SELECT count(*) FROM documents WHERE shard = ?", [shard]).fetchone()
+        if row is None and n_documents == 0:
+            return None
+        file_hash, documents_file = row if row is not None else ("", None)
+        _note_texts_held(con, shard)
+        con.execute("DELETE FROM documents WHERE shard = ?", [shard])
+        con.execute("DELETE FROM quarantine WHERE shard = ?", [shard])
+        _update_owners(con, shard)
+        con.execute("DELETE FROM shards WHERE shard = ?", [shard])
+        con.execute("DELETE FROM shard_arrivals WHERE shard = ?", [shard])
+        if documents_file is not None:
+            con.execute("DELETE FROM artifacts WHERE path = ?", [documents_file])
+        con.execute(
+            "INSERT INTO retired_shards VALUES (?, ?, ?, ?, now())", [shard, file_hash, n_documents, reason]
+        )
+    if documents_file is not None:
+        Path(documents_file).unlink(missing_ok=True)
+    return {"shard": shard, "file_sha256": file_hash, "n_documents": n_documents, "reason": reason}
+
+
 @dg.asset(
     partitions_def=shards,
     group_name="corpus",
@@ -169,6 +257,7 @@ def documents(
         previous = con.execute(
             "SELECT documents_file FROM shards WHERE shard = ?", [shard]
         ).fetchone()
+        _note_texts_held(con, shard)
         con.execute("DELETE FROM documents WHERE shard = ?", [shard])
         con.execute("DELETE FROM quarantine WHERE shard = ?", [shard])
         con.execute(
@@ -176,16 +265,19 @@ def documents(
             " FROM read_parquet(?)",
             [shard, str(out_file)],
         )
+        _record_arrival(con, shard)
+        _update_owners(con, shard)
         if rejections:
             rows = pl.DataFrame(rejections, schema=["row_number", "doc_id", "reason", "excerpt"], orient="row")
             insert_frame(con, "quarantine", rows.select(
                 pl.lit(shard).alias("shard"), "row_number", "doc_id", "reason", "excerpt",
                 pl.lit(datetime.now()).alias("recorded_at"), pl.lit(context.run.run_id).alias("run_id"),
             ))
+        # Rows that are not their text's first occurrence (another shard's, or an earlier row).
         n_duplicates = con.execute(
-            "SELECT count(*) FROM documents d WHERE d.shard = ? AND EXISTS ("
-            " SELECT 1 FROM documents e WHERE e.content_hash = d.content_hash AND"
-            " (e.shard < d.shard OR (e.shard = d.shard AND e.row_number < d.row_number)))",
+            "SELECT count(*) FROM documents d WHERE d.shard = ? AND NOT EXISTS ("
+            " SELECT 1 FROM contents c WHERE c.content_hash = d.content_hash"
+            " AND c.shard = d.shard AND c.row_number = d.row_number)",
             [shard],
         ).fetchone()[0]
         documents_sha = register_artifact(
@@ -246,13 +338,23 @@ def shard_run_key(key: str, path: Path) -> str:
     return f"{key}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def _shards_gone(corpus: Path, known: set[str], found: dict[str, Path], store: DuckDBStore) -> set[str]:
+    """Partitions, and shards the store ingested from this corpus directory, whose file is gone."""
+    from_here = {
+        shard for shard, path in store.query("SELECT shard, path FROM shards")
+        if Path(path).resolve().is_relative_to(corpus.resolve())
+    }
+    return (known | from_here) - set(found)
+
+
 def build_corpus_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(
         job=job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Adds a `shards` partition for each new corpus file and runs the per-shard assets "
-        "for new or changed files.",
+        "for new or changed files; a file deleted from the corpus directory has its partition deleted "
+        "and its rows retired (table retired_shards says why).",
     )
     def corpus_sensor(
         context: dg.SensorEvaluationContext, paths: DataPaths, store: DuckDBStore
@@ -261,6 +363,19 @@ def build_corpus_sensor(job) -> dg.SensorDefinition:
         known = set(context.instance.get_dynamic_partitions(shards.name))
         found = list_shards(paths.corpus)
         new_partitions = [key for key in found if key not in known]
+        # A missing corpus directory (unmounted, misconfigured) is not a deletion of every file.
+        gone = sorted(_shards_gone(paths.corpus, known, found, store)) if paths.corpus.is_dir() else []
+        for shard in gone:
+            retired = retire_shard(store, shard, RETIRED_FILE_DELETED)
+            seen.pop(shard, None)
+            context.log.info(
+                f"{shard}: {RETIRED_FILE_DELETED}; partition deleted"
+                + (f", {retired['n_documents']} documents retired" if retired else "")
+            )
+        partition_requests = [shards.build_add_request(new_partitions)] if new_partitions else []
+        gone_partitions = [shard for shard in gone if shard in known]
+        if gone_partitions:
+            partition_requests.append(shards.build_delete_request(gone_partitions))
         # Files already ingested with these exact bytes (e.g. by `dselect run`) need no run.
         ingested = {name: (size, sha) for name, size, sha in store.query(
             "SELECT shard, byte_size, file_sha256 FROM shards")}
@@ -276,7 +391,7 @@ def build_corpus_sensor(job) -> dg.SensorDefinition:
             run_requests.append(dg.RunRequest(run_key=run_key, partition_key=shard))
         return dg.SensorResult(
             run_requests=run_requests,
-            dynamic_partitions_requests=[shards.build_add_request(new_partitions)] if new_partitions else [],
+            dynamic_partitions_requests=partition_requests,
             cursor=json.dumps(seen, sort_keys=True),
         )
 

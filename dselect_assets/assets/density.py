@@ -1,9 +1,14 @@
 """Coverage signals: per-shard RACE sketches, their merged density, and k-means clusters.
 
-Each shard's sketch counts the documents whose first occurrence is in that
-shard, so the merged sketch counts every distinct text once. Sketches are
-additive: a new shard adds one file, and `density` merges files rather than
-re-reading old embeddings to build the sketch.
+Each shard's sketch counts the texts that shard owns in `contents` (their first
+occurrence, recorded at ingest), so the merged sketch counts every distinct text
+once. Sketches are additive: a new shard adds one file, and `density` merges
+files rather than re-reading old embeddings to build the sketch.
+
+Ownership moves when a shard is edited or removed, so each sketch is recorded
+(table density_sketch_sets) with the owned set it counts; `density` compares every
+shard's record with the shard's owned set now and rebuilds only the stale ones from
+the stored embeddings before merging, which keeps it equal to a from-scratch build.
 """
 
 
@@ -50,26 +55,34 @@ def first_occurrences(store: DuckDBStore, shard: str) -> list[str]:
     )]
 
 
-@dg.asset(
-    partitions_def=shards,
-    deps=["embeddings"],
-    group_name="coverage",
-    code_version=COVERAGE_VERSION,
-    kinds={"numpy"},
-    description="RACE sketch (R x B p-stable LSH counts) of the documents first seen in this shard.",
-)
-def density_sketch(
-    context: dg.AssetExecutionContext,
+def owned_version(hashes: list[str]) -> str:
+    """Names the set of texts a sketch counts: sha256 of the sorted content hashes."""
+    digest = hashlib.sha256()
+    for content_hash in sorted(hashes):
+        digest.update(content_hash.encode("ascii"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def sketch_path(paths: DataPaths, producer: str, shard: str):
+    return paths.dir("sketches", producer.replace(":", "-")) / f"{validate_shard_key(shard)}.race"
+
+
+def build_shard_sketch(
     config: SketchConfig,
     embedder: EmbedderResource,
     store: DuckDBStore,
     paths: DataPaths,
-) -> dg.MaterializeResult:
-    shard = validate_shard_key(context.partition_key)
+    shard: str,
+    run_id: str,
+    hashes: list[str] | None = None,
+) -> tuple[race_sketch.RaceSketch, str]:
+    """Sketch the texts `shard` owns from their stored embeddings, write it, and record the owned
+    set it counts; returns the sketch and its file's sha256. Used by density_sketch and density."""
     embedding_producer = embedder_producer(embedder)
     producer = sketch_producer(config, embedding_producer)
-    hashes = first_occurrences(store, shard)
-    vectors = load_embeddings(store, embedding_producer, hashes)
+    if hashes is None:
+        hashes = first_occurrences(store, shard)
     sketch = race_sketch.RaceSketch.empty(
         dim=load_model(embedder).dim,
         rows=config.rows,
@@ -81,10 +94,70 @@ def density_sketch(
         pool=config.pool or None,
     )
     if len(hashes):
-        sketch.add(vectors)
-    out_file = sketch.save(paths.dir("sketches", producer.replace(":", "-")) / f"{shard}.race")
+        sketch.add(load_embeddings(store, embedding_producer, hashes))
+    out_file = sketch.save(sketch_path(paths, producer, shard))
     with store.transaction() as con:
-        sketch_sha = register_artifact(con, out_file, "density_sketch", context.run.run_id, producer, shard, sketch.n_docs)
+        sketch_sha = register_artifact(con, out_file, "density_sketch", run_id, producer, shard, sketch.n_docs)
+        con.execute(
+            "INSERT OR REPLACE INTO density_sketch_sets VALUES (?, ?, ?, ?, ?, ?, ?, now())",
+            [producer, shard, owned_version(hashes), sketch.n_docs, str(out_file), sketch_sha, run_id],
+        )
+    return sketch, sketch_sha
+
+
+def current_shard_sketch(
+    config: SketchConfig,
+    embedder: EmbedderResource,
+    store: DuckDBStore,
+    paths: DataPaths,
+    shard: str,
+    run_id: str,
+) -> tuple[race_sketch.RaceSketch, bool]:
+    """The shard's sketch of the texts it owns now: the stored one when it was recorded for this
+    owned set, else rebuilt. Returns (sketch, rebuilt). A corrupt file of a current sketch fails."""
+    embedding_producer = embedder_producer(embedder)
+    producer = sketch_producer(config, embedding_producer)
+    hashes = first_occurrences(store, shard)
+    record = store.query(
+        "SELECT owned_version, n_docs, sketch_file FROM density_sketch_sets WHERE producer_id = ? AND shard = ?",
+        [producer, shard],
+    )
+    path = sketch_path(paths, producer, shard)
+    fresh = bool(record) and record[0][:2] == (owned_version(hashes), len(hashes)) and record[0][2] == str(path)
+    if fresh and path.exists():
+        try:
+            part = race_sketch.RaceSketch.load(path, expected={"embedder_id": embedding_producer})
+        except race_sketch.SketchFileError as exc:
+            raise dg.Failure(
+                f"density sketch of shard {shard} is unusable: {exc}; delete it and re-materialize "
+                f"density_sketch[{shard}] to rebuild it from the shard's embeddings"
+            ) from exc
+        if part.n_docs == len(hashes):
+            return part, False
+    return build_shard_sketch(config, embedder, store, paths, shard, run_id, hashes)[0], True
+
+
+@dg.asset(
+    partitions_def=shards,
+    deps=["embeddings"],
+    group_name="coverage",
+    code_version=COVERAGE_VERSION,
+    kinds={"numpy"},
+    description="RACE sketch (R x B p-stable LSH counts) of the texts this shard owns (their first "
+    "occurrence, recorded at ingest), with the owned set it counts (table density_sketch_sets).",
+)
+def density_sketch(
+    context: dg.AssetExecutionContext,
+    config: SketchConfig,
+    embedder: EmbedderResource,
+    store: DuckDBStore,
+    paths: DataPaths,
+) -> dg.MaterializeResult:
+    shard = validate_shard_key(context.partition_key)
+    producer = sketch_producer(config, embedder_producer(embedder))
+    sketch, sketch_sha = build_shard_sketch(config, embedder, store, paths, shard, context.run.run_id)
+    out_file = sketch_path(paths, producer, shard)
+    with store.transaction() as con:
         record_run(con, context, config.model_dump(), producer, outputs={"n_docs": sketch.n_docs})
     return dg.MaterializeResult(
         metadata={
@@ -117,24 +190,22 @@ def density(
     producer = sketch_producer(config, embedding_producer)
     sketch_dir = paths.dir("sketches", producer.replace(":", "-"))
     shard_names = [r[0] for r in store.query("SELECT DISTINCT shard FROM contents ORDER BY 1")]
-    merged = None
+    merged, rebuilt = None, []
     for shard in shard_names:
-        path = sketch_dir / f"{validate_shard_key(shard)}.race"
-        if not path.exists():
-            raise dg.Failure(f"no density sketch for shard {shard} at {path}; materialize density_sketch[{shard}]")
-        try:
-            part = race_sketch.RaceSketch.load(path, expected={"embedder_id": embedding_producer})
-        except race_sketch.SketchFileError as exc:
-            raise dg.Failure(
-                f"density sketch of shard {shard} is unusable: {exc}; delete it and re-materialize "
-                f"density_sketch[{shard}] to rebuild it from the shard's embeddings"
-            ) from exc
+        # a shard whose owned texts changed since its sketch was written (a shard before it in
+        # arrival order edited or removed, a sketch never built) is rebuilt from its embeddings
+        part, was_rebuilt = current_shard_sketch(config, embedder, store, paths, shard, context.run.run_id)
+        if was_rebuilt:
+            rebuilt.append(shard)
         merged = part if merged is None else merged.merge(part)
+    if rebuilt:
+        context.log.info(f"rebuilt the density sketches of {len(rebuilt)} shards whose owned texts changed: {rebuilt}")
     n_contents = store.query("SELECT count(*) FROM contents")[0][0]
     if merged is None:
         raise dg.Failure("the corpus has no documents to estimate density over")
     merged_file = merged.save(sketch_dir / "merged.race")
-    register_producer(store, producer, "density", {"embedder": embedding_producer, **config.model_dump()})
+    register_producer(store, producer, "density", {"embedder": embedding_producer, **config.model_dump()},
+                      f"density:{embedding_producer}")
     # Query shard by shard (memory bounded by the largest shard's embeddings), then replace
     # the old densities in one transaction: a crash leaves the previous table whole.
     frames = []
@@ -160,6 +231,7 @@ def density(
         metadata={
             "documents": int(values.size),
             "shards_merged": len(shard_names),
+            "sketches_rebuilt": dg.MetadataValue.json(rebuilt),
             "producer_id": producer,
             "summary": dg.MetadataValue.json(summary(values)),
             "histogram": dg.MetadataValue.md(histogram_markdown(values)),

@@ -134,7 +134,7 @@ class SelectionConfig(dg.Config):
     seed: int = 0
     # value: P(yes) as in the paper; value_norm: P(yes)/(P(yes)+P(no)), which separated the
     # labelled probe better with the bundled judge (data/reports/judge_report.md).
-    ask_llm_value: str = "value_norm"
+    ask_llm_value: str = "value"  # best with the default judge on the corpus probe (docs/judge_report.md)
 
 
 def latest_producer(store: DuckDBStore, kind: str) -> str | None:

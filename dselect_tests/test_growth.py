@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import polars as pl
+import pytest
 
 from dselect_assets.assets import corpus, density, scoring
 from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
@@ -93,6 +94,7 @@ def owners(store: DuckDBStore) -> dict[str, str]:
     return dict(store.query("SELECT content_hash, shard FROM contents"))
 
 
+@pytest.mark.heavy
 def test_density_after_growth_equals_a_from_scratch_build(tmp_path, instance):
     home, corpus_dir = tmp_path / "home", tmp_path / "corpus"
     corpus_dir.mkdir()
@@ -141,6 +143,8 @@ def test_density_after_growth_equals_a_from_scratch_build(tmp_path, instance):
     assert [list(r.partition_keys) for r in deletes] == [["b.jsonl"]]
     assert tick.run_requests == []
     assert store.query("SELECT count(*) FROM documents WHERE shard = 'b.jsonl'") == [(0,)]
+    assert store.query("SELECT shard, n_documents, reason FROM retired_shards") == [
+        ("b.jsonl", len(only_b) + len(shared_ab), "file deleted from the corpus directory")]
     values, rebuilt = run_density(instance, resources)
     assert values == from_scratch(tmp_path, corpus_dir, "4")
     assert rewritten(stamps, sketch_stamps(home)) == {"a.jsonl"}

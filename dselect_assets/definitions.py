@@ -81,7 +81,7 @@ PIPELINE_STAGES = [
     PipelineStage("shard_job", lambda shard_keys: list(shard_keys)),
     PipelineStage("corpus_job", lambda _: [None]),
     PipelineStage("selection_job", lambda _: selection.selection_partitions.get_partition_keys()),
-    PipelineStage("training_job", lambda _: training.training_partitions.get_partition_keys()),
+    PipelineStage("training_job", lambda _: training.DEFAULT_TRAINING_KEYS),
     PipelineStage("report_job", lambda _: [None]),
 ]
 

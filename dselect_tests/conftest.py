@@ -6,7 +6,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import dagster as dg  # noqa: E402
 import pytest  # noqa: E402
 
-from dselect_assets.resources import DataPaths, DuckDBStore  # noqa: E402
+from dselect_assets.resources import (  # noqa: E402
+    AskLLMJudgeResource,
+    DataPaths,
+    DuckDBStore,
+    EmbedderResource,
+    PerplexityLMResource,
+)
 
 
 @pytest.fixture
@@ -24,9 +30,13 @@ def workspace(tmp_path, monkeypatch):
 @pytest.fixture
 def resources(workspace):
     home, corpus = workspace
+    # The model resources as configured by default; nothing loads a model unless an asset needs it.
     return {
         "paths": DataPaths(home=str(home), corpus_dir=str(corpus)),
         "store": DuckDBStore(database=str(home / "dselect.duckdb")),
+        "embedder": EmbedderResource(),
+        "judge": AskLLMJudgeResource(),
+        "perplexity_lm": PerplexityLMResource(),
     }
 
 

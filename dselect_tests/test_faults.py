@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 
 from dselect_assets.assets import corpus, density, scoring, selection
-from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
+from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, EmbedderResource, PerplexityLMResource
 
 pytestmark = pytest.mark.heavy
 
@@ -31,11 +31,12 @@ CHILD = """
 import json, sys
 import dagster as dg
 from dselect_assets.assets import corpus, density, selection
-from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
+from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, EmbedderResource, PerplexityLMResource
 home, corpus_dir, asset, partition = sys.argv[1:5]
 resources = {"paths": DataPaths(home=home, corpus_dir=corpus_dir),
              "store": DuckDBStore(database=home + "/dselect.duckdb"),
-             "embedder": EmbedderResource(max_length=64)}
+             "embedder": EmbedderResource(max_length=64),
+             "judge": AskLLMJudgeResource(), "perplexity_lm": PerplexityLMResource()}
 assets = {"documents": corpus.documents, "density": density.density, "selections": selection.selections}
 with dg.DagsterInstance.ephemeral() as instance:
     if asset == "documents":
@@ -56,7 +57,8 @@ def write_shard(path: Path, n: int, words_per_doc: int, seed: int = 0) -> None:
 def make_resources(home: Path, corpus_dir: Path) -> dict:
     return {"paths": DataPaths(home=str(home), corpus_dir=str(corpus_dir)),
             "store": DuckDBStore(database=str(home / "dselect.duckdb")),
-            "embedder": EmbedderResource(max_length=64)}
+            "embedder": EmbedderResource(max_length=64),
+            "judge": AskLLMJudgeResource(), "perplexity_lm": PerplexityLMResource()}
 
 
 def start_child(home: Path, corpus_dir: Path, asset: str, partition: str = "") -> subprocess.Popen:

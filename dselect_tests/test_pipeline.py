@@ -92,7 +92,7 @@ def test_pipeline_end_to_end_and_growth(source, tmp_path, instance):
     assert export["text"].null_count() == 0 and export["density"].null_count() == 0
     lineage = json.loads(resources["store"].query(
         "SELECT producer_ids_json FROM selections WHERE selection_id = ?", [exports["ask_llm_density"][0]])[0][0])
-    assert set(lineage) == {"ask_llm", "density"}
+    assert set(lineage) == {"ask_llm", "density", "embedding"}  # density names the embeddings it was built on
 
     # Train on a selection and on full data for the same budget, two seeds each, evaluate, report.
     select(instance, resources, selection.FULL_DATA_KEY)

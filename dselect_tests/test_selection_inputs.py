@@ -38,7 +38,9 @@ def test_unscorable_documents_are_left_out_and_counted(workspace, resources, ins
             con.execute("INSERT INTO scores VALUES (?, ?, ?, ?, ?, 'run')",
                         [h, f"{kind}:test-scorer", value, value, "too short" if value is None else None])
 
-    result = dg.materialize([selection.selections], partition_key=key, instance=instance, resources=resources)
+    producer_config = {f"{kind}_producer": f"{kind}:test-scorer"}
+    result = dg.materialize([selection.selections], partition_key=key, instance=instance, resources=resources,
+                            run_config={"ops": {"selections": {"config": producer_config}}})
 
     (event,) = result.asset_materializations_for_node("selections")
     meta = {k: v.value for k, v in event.metadata.items()}

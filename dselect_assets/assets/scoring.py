@@ -57,12 +57,26 @@ def load_model(resource):
         raise dg.Failure(description=f"model could not be loaded: {exc}") from exc
 
 
-def register_producer(store: DuckDBStore, producer: str, kind: str, identity: dict) -> None:
+# Resource settings that change how fast a result is computed, not what it is.
+_SPEED_ONLY_SETTINGS = ("batch_size",)
+
+
+def resource_key(kind: str, resource) -> str:
+    """Names a configured resource by the settings that change its results (not batch size)."""
+    settings = {k: v for k, v in resource.model_dump().items() if k not in _SPEED_ONLY_SETTINGS}
+    return make_producer_id(kind, resource=type(resource).__name__, **settings)
+
+
+def register_producer(store: DuckDBStore, producer: str, kind: str, identity: dict, resource_as: str = "") -> None:
+    """Record a producer and, with `resource_as` (see resource_key), that the resource so
+    configured produces it now."""
     with store.transaction() as con:
         con.execute(
             "INSERT INTO producers VALUES (?, ?, ?, now()) ON CONFLICT DO NOTHING",
             [producer, kind, json.dumps(identity, sort_keys=True, default=str)],
         )
+        if resource_as:
+            con.execute("INSERT OR REPLACE INTO resource_producers VALUES (?, ?, now())", [resource_as, producer])
 
 
 def missing_documents(store: DuckDBStore, docs: pl.DataFrame, producer: str, table: str) -> pl.DataFrame:
@@ -138,11 +152,12 @@ def _score_shard(
     valid_range: tuple[float, float],
     probe_column: str = "value",
     probe_sign: float = 1.0,
+    resource_as: str = "",
 ) -> dg.MaterializeResult:
     """Shared body of the score assets: value (and value_norm) per missing document."""
     shard = validate_shard_key(context.partition_key)
     producer = make_producer_id(kind, **scorer.identity)
-    register_producer(store, producer, kind, scorer.identity)
+    register_producer(store, producer, kind, scorer.identity, resource_as)
     docs = shard_texts(store, shard)
     todo = missing_documents(store, docs, producer, "scores")
 
@@ -216,7 +231,8 @@ def ask_llm_scores(
 ) -> dg.MaterializeResult:
     scorer = load_model(judge)
     return _score_shard(context, store, paths, "ask_llm", scorer, scorer.score, config.chunk_size,
-                        {**config.model_dump(), **judge.model_dump()}, (0.0, 1.0), "value_norm")
+                        {**config.model_dump(), **judge.model_dump()}, (0.0, 1.0), "value_norm",
+                        resource_as=resource_key("ask_llm", judge))
 
 
 @dg.asset(
@@ -237,7 +253,8 @@ def perplexity_scores(
 ) -> dg.MaterializeResult:
     scorer = load_model(perplexity_lm)
     return _score_shard(context, store, paths, "perplexity", scorer, scorer.score, config.chunk_size,
-                        {**config.model_dump(), **perplexity_lm.model_dump()}, (0.0, 30.0), "value", -1.0)
+                        {**config.model_dump(), **perplexity_lm.model_dump()}, (0.0, 30.0), "value", -1.0,
+                        resource_as=resource_key("perplexity", perplexity_lm))
 
 
 @dg.asset(
@@ -259,7 +276,7 @@ def embeddings(
     shard = validate_shard_key(context.partition_key)
     model = load_model(embedder)
     producer = make_producer_id("embedding", **model.identity)
-    register_producer(store, producer, "embedding", model.identity)
+    register_producer(store, producer, "embedding", model.identity, resource_key("embedding", embedder))
     docs = shard_texts(store, shard)
     todo = missing_documents(store, docs, producer, "embedding_index")
     out_dir = paths.dir("embeddings", producer.replace(":", "-"), shard)

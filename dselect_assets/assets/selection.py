@@ -7,6 +7,7 @@ byte-identical Parquet export.
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -15,12 +16,19 @@ import polars as pl
 
 from dselect_assets.assets import checks
 from dselect_assets.assets.common import eager_after_checks, markdown_table, record_run, register_artifact, write_atomically
+from dselect_assets.assets.scoring import resource_key
 from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, texts_for
 from dselect_assets.core import samplers
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.ingest import Document, read_shard
-from dselect_assets.resources import DataPaths, DuckDBStore
+from dselect_assets.resources import (
+    AskLLMJudgeResource,
+    DataPaths,
+    DuckDBStore,
+    EmbedderResource,
+    PerplexityLMResource,
+)
 
 DEFAULT_SAMPLERS = [
     "random",
@@ -79,7 +87,7 @@ def eval_sets(
 ) -> dg.MaterializeResult:
     contents = pl.DataFrame(
         store.query("SELECT content_hash, doc_id FROM contents ORDER BY content_hash"),
-        schema=["content_hash", "doc_id"],
+        schema={"content_hash": pl.String, "doc_id": pl.String},  # typed even when empty
         orient="row",
     )
     validation = contents.filter(in_validation_split(contents["content_hash"], config.validation_fraction))
@@ -132,26 +140,54 @@ def eval_hashes(store: DuckDBStore) -> set[str]:
 
 class SelectionConfig(dg.Config):
     seed: int = 0
-    # value: P(yes) as in the paper; value_norm: P(yes)/(P(yes)+P(no)), which separated the
-    # labelled probe better with the bundled judge (data/reports/judge_report.md).
+    # value: P(yes) as in the paper; value_norm: P(yes)/(P(yes)+P(no)).
     ask_llm_value: str = "value"  # best with the default judge on the corpus probe (docs/judge_report.md)
+    # Which scores to read. Empty: those of the judge / LM / embedder configured now (this run's
+    # resources), whatever else has been scored since; never "the newest".
+    ask_llm_producer: str = ""
+    perplexity_producer: str = ""
+    embedding_producer: str = ""
+    density_producer: str = ""  # empty: the density last built over the chosen embeddings
 
 
-def latest_producer(store: DuckDBStore, kind: str) -> str | None:
-    rows = store.query(
-        "SELECT p.producer_id FROM producers p WHERE p.kind = ?"
-        " AND EXISTS (SELECT 1 FROM scores s WHERE s.producer_id = p.producer_id)"
-        " ORDER BY p.created_at DESC LIMIT 1",
-        [kind],
-    )
-    return rows[0][0] if rows else None
+@dataclass(frozen=True)
+class ScoreSources:
+    """The configured scorers, named by the resource settings that change their results."""
+
+    ask_llm: str
+    perplexity: str
+    embedding: str
 
 
-def score_column(store: DuckDBStore, kind: str, hashes: list[str], column: str = "value") -> tuple[np.ndarray, str]:
-    """One score per eligible document from the newest producer of `kind`; NaN where unscorable."""
-    producer = latest_producer(store, kind)
-    if producer is None:
-        raise MissingUpstream(f"no {kind} scores yet; materialize the {kind} asset first")
+def resolve_producer(store: DuckDBStore, kind: str, explicit: str, resource: str) -> str:
+    if explicit:
+        if not store.query("SELECT 1 FROM producers WHERE producer_id = ? AND kind = ?", [explicit, kind]):
+            raise MissingUpstream(f"{kind} producer {explicit!r} (from the selection config) is not in the store")
+        return explicit
+    rows = store.query("SELECT producer_id FROM resource_producers WHERE resource = ?", [resource])
+    if not rows:
+        raise MissingUpstream(f"no {kind} results from the {kind} scorer configured now; "
+                              f"materialize its asset for every shard first")
+    return rows[0][0]
+
+
+def read_producers(store: DuckDBStore, needs: set[str], config: SelectionConfig, sources: ScoreSources) -> dict:
+    """The producer of every signal in `needs`, from the config or the configured resources."""
+    producers: dict[str, str] = {}
+    if "quality" in needs:
+        producers["ask_llm"] = resolve_producer(store, "ask_llm", config.ask_llm_producer, sources.ask_llm)
+    if "perplexity" in needs:
+        producers["perplexity"] = resolve_producer(store, "perplexity", config.perplexity_producer, sources.perplexity)
+    if needs & {"density", "embeddings", "clusters"}:
+        producers["embedding"] = resolve_producer(store, "embedding", config.embedding_producer, sources.embedding)
+    if "density" in needs:
+        producers["density"] = resolve_producer(store, "density", config.density_producer,
+                                                f"density:{producers['embedding']}")
+    return producers
+
+
+def score_column(store: DuckDBStore, producer: str, kind: str, hashes: list[str], column: str = "value") -> np.ndarray:
+    """One score per eligible document from `producer`; NaN where unscorable."""
     with store.connect(read_only=True) as con:
         con.register("wanted", pl.DataFrame({"content_hash": hashes}).to_arrow())
         frame = con.sql(
@@ -167,23 +203,24 @@ def score_column(store: DuckDBStore, kind: str, hashes: list[str], column: str =
             f"{missing.height} eligible documents have no {kind} score from {producer} "
             f"(e.g. {missing['content_hash'][0]}); materialize the {kind} scores for every shard"
         )
-    return frame["v"].cast(pl.Float64).fill_null(np.nan).to_numpy(), producer
+    return frame["v"].cast(pl.Float64).fill_null(np.nan).to_numpy()
 
 
-def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: SelectionConfig):
+def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: SelectionConfig,
+                   sources: ScoreSources):
     """Load exactly the signals `sampler` needs, for the documents that have every score it needs.
 
     Returns the inputs, the producer ids read, and the rows of `hashes` the inputs describe.
     """
     needs = samplers.REQUIRED_INPUTS[sampler]
     fields: dict = {"n": len(hashes)}
-    producers: dict[str, str] = {}
+    producers = read_producers(store, needs, config, sources)
     if "density" in needs:
-        fields["density"], producers["density"] = score_column(store, "density", hashes)
+        fields["density"] = score_column(store, producers["density"], "density", hashes)
     if "quality" in needs:
-        fields["quality"], producers["ask_llm"] = score_column(store, "ask_llm", hashes, config.ask_llm_value)
+        fields["quality"] = score_column(store, producers["ask_llm"], "ask_llm", hashes, config.ask_llm_value)
     if "perplexity" in needs:
-        fields["perplexity"], producers["perplexity"] = score_column(store, "perplexity", hashes)
+        fields["perplexity"] = score_column(store, producers["perplexity"], "perplexity", hashes)
     if needs & {"embeddings", "clusters"}:
         rows = store.query(
             "SELECT clustering_id FROM cluster_assignments LIMIT 1"
@@ -191,7 +228,6 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: 
         if not rows:
             raise MissingUpstream("no clusters yet; materialize the clusters asset first")
         producers["clusters"] = rows[0][0]
-        producers["embedding"] = latest_embedding_producer(store)
         fields["embeddings"] = load_embeddings(store, producers["embedding"], hashes)
         with store.connect(read_only=True) as con:
             con.register("wanted", pl.DataFrame({"content_hash": hashes}).to_arrow())
@@ -211,32 +247,27 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: 
     return samplers.SamplerInputs(**scorable), producers, rows
 
 
-def latest_embedding_producer(store: DuckDBStore) -> str:
-    rows = store.query(
-        "SELECT producer_id FROM producers WHERE kind = 'embedding' ORDER BY created_at DESC LIMIT 1"
-    )
-    if not rows:
-        raise MissingUpstream("no embeddings yet; materialize the embeddings asset first")
-    return rows[0][0]
+EXPORT_SCORES = {"ask_llm": "ask_llm", "perplexity": "perplexity", "density": "density"}
 
 
-def export_frame(store: DuckDBStore, kept: list[str]) -> pl.DataFrame:
-    """id, content_hash, text and every available score of the kept documents, by content hash."""
+def export_frame(store: DuckDBStore, kept: list[str], producers: dict[str, str], ask_llm_value: str) -> pl.DataFrame:
+    """id, content_hash, text and the scores the selection read (the Ask-LLM column it ranked by),
+    by content hash; a score the sampler did not read is null."""
     frame = texts_for(store, kept)
     ids = pl.DataFrame(store.query("SELECT content_hash, doc_id FROM contents"), schema=["content_hash", "id"], orient="row")
     frame = frame.join(ids, on="content_hash", how="left")
-    for kind in ("ask_llm", "perplexity", "density"):
-        producer = latest_producer(store, kind)
-        if producer is None:
+    for kind in EXPORT_SCORES:
+        if kind not in producers:
             frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(kind))
             continue
+        column = ask_llm_value if kind == "ask_llm" else "value"
         scores = pl.DataFrame(
-            store.query("SELECT content_hash, value FROM scores WHERE producer_id = ?", [producer]),
+            store.query(f"SELECT content_hash, {column} FROM scores WHERE producer_id = ?", [producers[kind]]),
             schema={"content_hash": pl.String, kind: pl.Float64},
             orient="row",
         )
-        frame = frame.join(scores, on="content_hash", how="left")
-    return frame.select("id", "content_hash", "text", "ask_llm", "perplexity", "density").sort("content_hash")
+        frame = frame.join(scores.unique("content_hash"), on="content_hash", how="left")
+    return frame.select("id", "content_hash", "text", *EXPORT_SCORES).sort("content_hash")
 
 
 @dg.asset(
@@ -261,9 +292,18 @@ def export_frame(store: DuckDBStore, kept: list[str]) -> pl.DataFrame:
     "(id, content_hash, text, scores) that polars and Hugging Face datasets read as is.",
 )
 def selections(
-    context: dg.AssetExecutionContext, config: SelectionConfig, store: DuckDBStore, paths: DataPaths
+    context: dg.AssetExecutionContext,
+    config: SelectionConfig,
+    store: DuckDBStore,
+    paths: DataPaths,
+    judge: AskLLMJudgeResource,
+    perplexity_lm: PerplexityLMResource,
+    embedder: EmbedderResource,
 ) -> dg.MaterializeResult:
     key = context.partition_key
+    # Named by their settings only: no model is loaded to select.
+    sources = ScoreSources(resource_key("ask_llm", judge), resource_key("perplexity", perplexity_lm),
+                           resource_key("embedding", embedder))
     sampler, rate = parse_selection_key(key)
     held_out = eval_hashes(store)
     if not held_out:
@@ -275,7 +315,7 @@ def selections(
         if sampler == "full":
             kept_idx, producers, n_scorable = np.arange(len(hashes)), {}, len(hashes)
         else:
-            inputs, producers, rows = sampler_inputs(store, sampler, hashes, config)
+            inputs, producers, rows = sampler_inputs(store, sampler, hashes, config, sources)
             kept_idx, n_scorable = rows[samplers.SAMPLERS[sampler](inputs, rate, config.seed)], rows.size
     except MissingUpstream as exc:
         raise dg.Failure(f"selection {key}: {exc}") from exc
@@ -285,7 +325,8 @@ def selections(
         "selection", sampler=sampler, rate=rate, seed=config.seed, producers=producers,
         input_version=input_version, config=config.model_dump(),
     )
-    export = export_frame(store, kept)
+    shown = export_producers(store, config, sources, producers)
+    export = export_frame(store, kept, shown, config.ask_llm_value)
     out_file = paths.dir("selections", key) / f"{selection_id.replace(':', '-')}.parquet"
     write_atomically(out_file, lambda tmp: export.write_parquet(tmp, compression="zstd", statistics=False))
     export_sha = file_sha256(out_file)
@@ -316,7 +357,8 @@ def selections(
             "export": dg.MetadataValue.path(str(out_file)),
             "export_sha256": export_sha,
             "producers": dg.MetadataValue.json(producers),
-            "kept_vs_rejected": dg.MetadataValue.md(accounting_table(store, hashes, set(kept))),
+            "kept_vs_rejected": dg.MetadataValue.md(
+                accounting_table(store, hashes, set(kept), shown, config.ask_llm_value)),
         },
         data_version=dg.DataVersion(export_sha),
         check_results=[
@@ -327,13 +369,28 @@ def selections(
     )
 
 
-def accounting_table(store: DuckDBStore, hashes: list[str], kept: set[str]) -> str:
-    """Mean of each signal over kept vs rejected documents, and cluster coverage."""
+def export_producers(store: DuckDBStore, config: SelectionConfig, sources: ScoreSources, read: dict) -> dict:
+    """The producers the selection read, plus any other configured score that exists, for the
+    export and the kept/rejected table."""
+    shown = {k: v for k, v in read.items() if k in EXPORT_SCORES}
+    for need, kind in (("quality", "ask_llm"), ("perplexity", "perplexity"), ("density", "density")):
+        if kind not in shown:
+            try:
+                shown[kind] = read_producers(store, {need}, config, sources)[kind]
+            except MissingUpstream:
+                pass
+    return shown
+
+
+def accounting_table(store: DuckDBStore, hashes: list[str], kept: set[str], producers: dict,
+                     ask_llm_value: str) -> str:
+    """Mean of each signal over kept vs rejected documents (Ask-LLM in the column ranked by),
+    and cluster coverage."""
     is_kept = np.array([h in kept for h in hashes])
     rows = []
-    for kind in ("ask_llm", "perplexity", "density"):
+    for kind, producer in producers.items():
         try:
-            values, _ = score_column(store, kind, hashes)
+            values = score_column(store, producer, kind, hashes, ask_llm_value if kind == "ask_llm" else "value")
         except MissingUpstream:
             continue
         kept_mean = np.nanmean(values[is_kept]) if is_kept.any() else float("nan")

@@ -51,7 +51,7 @@ def shard_texts(store: DuckDBStore, shard: str) -> pl.DataFrame:
 
 def texts_for(store: DuckDBStore, content_hashes: list[str]) -> pl.DataFrame:
     """Text of each given content hash (first occurrence), in the order given."""
-    wanted = pl.DataFrame({"content_hash": content_hashes})
+    wanted = pl.DataFrame({"content_hash": content_hashes}, schema={"content_hash": pl.String})
     with store.connect(read_only=True) as con:
         con.register("wanted", wanted.to_arrow())
         located = con.sql(

@@ -19,6 +19,7 @@ from dselect_assets.assets.selection import (
     eval_hashes,
     parse_selection_key,
     selection_key,
+    selection_partitions,
 )
 from dselect_assets.assets.shard_reader import texts_for
 from dselect_assets.core import lm_tokenizer, report, train
@@ -36,11 +37,16 @@ TRAINING_RATES = [0.2]
 TRAINING_SEEDS = ["0", "1", "2"]
 # Bump when a change to this module or to the training/eval code changes the results.
 TRAINING_VERSION = "2"
+# Any selection can be trained from the UI; `dselect run` trains the default ones (DEFAULT_TRAINING_KEYS).
 training_partitions = dg.MultiPartitionsDefinition({
-    "selection": dg.StaticPartitionsDefinition(
-        [selection_key(s, r) for s in TRAINED_SAMPLERS for r in TRAINING_RATES] + [FULL_DATA_KEY]),
+    "selection": selection_partitions,
     "seed": dg.StaticPartitionsDefinition(TRAINING_SEEDS),
 })
+DEFAULT_TRAINING_KEYS = [
+    dg.MultiPartitionKey({"selection": key, "seed": seed})
+    for key in [selection_key(s, r) for s in TRAINED_SAMPLERS for r in TRAINING_RATES] + [FULL_DATA_KEY]
+    for seed in TRAINING_SEEDS
+]
 its_selection = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="selection")
 
 

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dselect_assets.core.embed import length_sorted_batches
+from dselect_assets.core.batching import map_padded
 from dselect_assets.core.models import (
     ModelSpec,
     default_judge_spec,
@@ -155,6 +155,8 @@ class AskLLMJudge:
         self.pad_id = int(pad)
         self.reuse_prefix_cache = bool(reuse_prefix_cache and self.is_causal and self.parts.prefix_ids)
         self._prefix_cache: Any = None
+        # Exact duplicates (same token ids) share one forward pass; results are equal.
+        self.skip_duplicates = True
         self._identity: dict[str, Any] | None = None
         self._torch = torch
 
@@ -230,23 +232,24 @@ class AskLLMJudge:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """float64 [n, 2]: (P(yes), P(yes)/(P(yes)+P(no))); NaN rows for empty documents."""
-        out = np.full((len(texts), 2), np.nan, dtype=np.float64)
         if not texts:
-            return out
+            return np.full((0, 2), np.nan, dtype=np.float64)
         docs = self.doc_ids(texts)
-        scorable = [i for i, ids in enumerate(docs) if ids]
-        if not scorable:
-            return out
-        with self._torch.inference_mode():
-            for batch in length_sorted_batches([len(docs[i]) for i in scorable], self.batch_size):
-                rows = [scorable[j] for j in batch]
-                probs = self._answer_probs([docs[i] for i in rows])
-                out[rows] = probs
-        return out
+        if self.is_causal:
+            # Left padding: the answer slot is the last column of every row.
+            head = [] if self.reuse_prefix_cache else self.parts.prefix_ids
+            seqs = [head + d + self.parts.suffix_ids if d else [] for d in docs]
+            forward, side = self._causal_logits, "left"
+        else:
+            seqs = [self.parts.prefix_ids + d + self.parts.suffix_ids if d else [] for d in docs]
+            forward, side = self._seq2seq_logits, "right"
+        return map_padded(
+            seqs, lambda ids, mask: self._answer_probs(forward(ids, mask)),
+            batch_size=self.batch_size, pad_id=self.pad_id, side=side, width=2, dedupe=self.skip_duplicates,
+        )
 
-    def _answer_probs(self, docs: list[list[int]]) -> np.ndarray:
+    def _answer_probs(self, logits: Any) -> np.ndarray:
         torch = self._torch
-        logits = self._causal_logits(docs) if self.is_causal else self._seq2seq_logits(docs)
         probs = torch.softmax(logits.float(), dim=-1)
         p_yes = probs[:, self.yes_ids].sum(-1)
         p_no = probs[:, self.no_ids].sum(-1)
@@ -261,26 +264,20 @@ class AskLLMJudge:
             self._prefix_cache = out.cache
         return self._prefix_cache
 
-    def _causal_logits(self, docs: list[list[int]]) -> Any:
+    def _causal_logits(self, ids: Any, mask: Any) -> Any:
+        """Next-token logits at the last column of left-padded prompts (without the
+        shared prefix when its KV cache is reused)."""
         torch = self._torch
         use_cache = self.reuse_prefix_cache
-        head = [] if use_cache else self.parts.prefix_ids
-        seqs = [head + d + self.parts.suffix_ids for d in docs]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):  # left padding: answer position is column -1
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
         # Positions count real tokens only, so a padded row sees the same positions
         # as the same document scored alone.
         offset = len(self.parts.prefix_ids) if use_cache else 0
         positions = (mask.cumsum(1) - 1).clamp(min=0) + offset
         kwargs: dict[str, Any] = {}
         if use_cache:
-            prefix_mask = torch.ones((len(seqs), offset), dtype=torch.long)
+            prefix_mask = torch.ones((ids.shape[0], offset), dtype=torch.long)
             mask = torch.cat([prefix_mask, mask], dim=1)
-            kwargs["cache"] = _expand_cache(self._prefix(), len(seqs))
+            kwargs["cache"] = _expand_cache(self._prefix(), ids.shape[0])
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -291,19 +288,13 @@ class AskLLMJudge:
         )
         return out.logits[:, -1, :]
 
-    def _seq2seq_logits(self, docs: list[list[int]]) -> Any:
+    def _seq2seq_logits(self, ids: Any, mask: Any) -> Any:
+        """First decoder step's logits for right-padded encoder inputs."""
         torch = self._torch
-        seqs = [self.parts.prefix_ids + d + self.parts.suffix_ids for d in docs]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
         start = self.model.config.decoder_start_token_id
         if start is None:
             start = self.pad_id
-        decoder_ids = torch.full((len(seqs), 1), int(start), dtype=torch.long)
+        decoder_ids = torch.full((ids.shape[0], 1), int(start), dtype=torch.long)
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),

@@ -2,7 +2,7 @@
 
 Mean pooling over non-padding tokens followed by L2 normalization, which is what
 sentence-transformers does for this model. Texts are embedded in batches of
-similar length (less padding) and returned in input order.
+similar length (less padding, core/batching.py) and returned in input order.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dselect_assets.core.batching import map_padded
 from dselect_assets.core.models import (
     ModelLoadError,
     ModelSpec,
@@ -19,12 +20,6 @@ from dselect_assets.core.models import (
     model_identity,
     pick_device,
 )
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Index batches of similar length, longest first (so a memory problem shows early)."""
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class SentenceEmbedder:
@@ -75,27 +70,20 @@ class SentenceEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), dim], rows of unit L2 norm, in the order given."""
-        import torch
-
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return out
+            return np.zeros((0, self.dim), dtype=np.float32)
         encoded = self.tokenizer(
             list(texts), truncation=True, max_length=self.max_length, add_special_tokens=True
         )["input_ids"]
-        pad_id = self.tokenizer.pad_token_id or 0
-        with torch.inference_mode():
-            for batch in length_sorted_batches([len(ids) for ids in encoded], self.batch_size):
-                width = max(len(encoded[i]) for i in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                    mask[row, : len(encoded[i])] = 1
-                ids, mask = ids.to(self.device), mask.to(self.device)
-                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-                weights = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[batch] = pooled.cpu().numpy()
-        return out
+        return map_padded(encoded, self._pooled, batch_size=self.batch_size,
+                          pad_id=self.tokenizer.pad_token_id or 0, side="right",
+                          width=self.dim, dtype=np.float32)
+
+    def _pooled(self, ids: Any, mask: Any) -> Any:
+        import torch
+
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=1)

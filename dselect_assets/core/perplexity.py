@@ -2,7 +2,7 @@
 
 Lower is "more likely" text; the paper's perplexity filter keeps the lowest.
 Documents are cut to `max_tokens`, batched by similar length with right padding
-and attention masks. The vocabulary projection is applied in slices of positions
+and attention masks (core/batching.py). The vocabulary projection is applied in slices of positions
 so a large vocabulary (49k-262k) never materializes logits for a whole batch.
 Documents with fewer than two tokens have no next-token prediction: NaN.
 """
@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dselect_assets.core.embed import length_sorted_batches
+from dselect_assets.core.batching import map_padded
 from dselect_assets.core.models import (
     ModelSpec,
     default_lm_spec,
@@ -85,25 +85,11 @@ class PerplexityScorer:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """float64 [n]: mean NLL per predicted token; NaN for documents under two tokens."""
-        out = np.full(len(texts), np.nan, dtype=np.float64)
-        seqs = self.token_ids(texts)
-        scorable = [i for i, ids in enumerate(seqs) if len(ids) >= 2]
-        if not scorable:
-            return out
-        with self._torch.inference_mode():
-            for batch in length_sorted_batches([len(seqs[i]) for i in scorable], self.batch_size):
-                rows = [scorable[j] for j in batch]
-                out[rows] = self._mean_nll([seqs[i] for i in rows])
-        return out
+        return map_padded(self.token_ids(texts), self._mean_nll, batch_size=self.batch_size,
+                          pad_id=self.pad_id, side="right")
 
-    def _mean_nll(self, seqs: list[list[int]]) -> np.ndarray:
+    def _mean_nll(self, ids: Any, mask: Any) -> np.ndarray:
         torch = self._torch
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         # Predict token t+1 from position t, only where both are real tokens.
@@ -118,8 +104,8 @@ class PerplexityScorer:
             nll[start : start + _LOGIT_SLICE] = torch.nn.functional.cross_entropy(
                 logits, flat_targets[start : start + _LOGIT_SLICE], reduction="none"
             )
-        per_row = torch.zeros(len(seqs), dtype=torch.float32, device=self.device)
-        row_of = torch.arange(len(seqs), device=self.device).unsqueeze(1).expand_as(valid)[valid]
+        per_row = torch.zeros(ids.shape[0], dtype=torch.float32, device=self.device)
+        row_of = torch.arange(ids.shape[0], device=self.device).unsqueeze(1).expand_as(valid)[valid]
         per_row.index_add_(0, row_of, nll)
         counts = valid.sum(1).clamp(min=1).float()
         return (per_row / counts).double().cpu().numpy()

@@ -257,11 +257,7 @@ class ClusterConfig(dg.Config):
     "(used by SemDeDup and SSL Prototypes).",
 )
 def clusters(
-    context: dg.AssetExecutionContext,
-    config: ClusterConfig,
-    embedder: EmbedderResource,
-    store: DuckDBStore,
-    paths: DataPaths,
+    context: dg.AssetExecutionContext, config: ClusterConfig, embedder: EmbedderResource, store: DuckDBStore
 ) -> dg.MaterializeResult:
     embedding_producer = embedder_producer(embedder)
     hashes = [r[0] for r in store.query("SELECT content_hash FROM contents ORDER BY content_hash")]
@@ -271,8 +267,9 @@ def clusters(
         "kmeans", embedder=embedding_producer, k=result.k, seed=config.seed,
         input_version=make_producer_id("input", hashes=hashes),
     )
-    centroid_file = paths.dir("clusters") / f"{clustering_id.replace(':', '-')}.npy"
-    np.save(centroid_file, result.centroids)
+    # Recorded as a producer so a selection can check the clusters match the embeddings it reads.
+    register_producer(store, clustering_id, "clusters", {"embedder": embedding_producer, "k": result.k,
+                                                         "seed": config.seed})
     frame = pl.DataFrame({
         "content_hash": hashes,
         "clustering_id": clustering_id,
@@ -282,7 +279,6 @@ def clusters(
     with store.transaction() as con:
         con.execute("DELETE FROM cluster_assignments")
         insert_frame(con, "cluster_assignments", frame)
-        register_artifact(con, centroid_file, "centroids", context.run.run_id, clustering_id, None, result.k)
         record_run(con, context, config.model_dump(), clustering_id, outputs={"k": result.k, "n": len(hashes)})
     sizes = np.bincount(result.assignment, minlength=result.k)
     return dg.MaterializeResult(

@@ -228,6 +228,11 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: 
         if not rows:
             raise MissingUpstream("no clusters yet; materialize the clusters asset first")
         producers["clusters"] = rows[0][0]
+        built_on = store.query("SELECT json_extract_string(identity_json, '$.embedder') FROM producers"
+                               " WHERE producer_id = ?", [producers["clusters"]])
+        if not built_on or built_on[0][0] != producers["embedding"]:
+            raise MissingUpstream(f"the clusters were built on other embeddings than {producers['embedding']}; "
+                                  "re-materialize clusters with the embedder configured now")
         fields["embeddings"] = load_embeddings(store, producers["embedding"], hashes)
         with store.connect(read_only=True) as con:
             con.register("wanted", pl.DataFrame({"content_hash": hashes}).to_arrow())

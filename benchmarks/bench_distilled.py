@@ -4,8 +4,8 @@ The pipeline's own judge and embedder (the resources' defaults) score a seeded s
 the corpus, stratified by shard and length exactly as the `ask_llm_probe` asset draws it;
 the probe is fit on the training part (model chosen by cross-validation there) and
 compared with the judge on the held-out part (Spearman, Kendall tau) and on the labelled
-probe documents it was not fit on (ROC-AUC of each, on normalized P(yes), the column the
-selections rank by). Throughput: the judge's forward passes over every judged document
+probe documents it was not fit on (ROC-AUC of each, on --column, by default raw P(yes), the
+column the selections rank by). Throughput: the judge's forward passes over every judged document
 vs the probe's prediction from stored embeddings (embedding time is reported beside it:
 the pipeline pays it anyway for density and SemDeDup).
 
@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--heldout-fraction", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="auto", help="auto | ridge | mlp")
+    parser.add_argument("--column", default="value", choices=distill.TARGETS,
+                        help="the judge column selections rank by (SelectionConfig.ask_llm_value)")
+    parser.add_argument("--probe-limit", type=int, default=None, help="class-balanced subset of the labelled probe")
     parser.add_argument("--no-length", action="store_true", help="embedding only, no log-length feature")
     parser.add_argument("--probe", default="", help="labelled probe JSONL (id,text,source,label)")
     parser.add_argument("--scores-cache", default="", help="JSON file keeping judge scores and embeddings "
@@ -80,7 +83,7 @@ def main() -> None:
     train, heldout = sample[~held], sample[held]
 
     probe_file = Path(args.probe) if args.probe else paths.root / "eval" / "judge_probe.jsonl"
-    labelled = load_probe(probe_file)
+    labelled = load_probe(probe_file, limit=args.probe_limit, seed=args.seed)
     index = {h: i for i, h in enumerate(hashes)}
     in_train = set(train.tolist())
     lab_rows, lab_labels = [], []
@@ -137,11 +140,13 @@ def main() -> None:
     fit_config = distill.FitConfig(model=args.model, seed=args.seed, length_feature=not args.no_length)
     probe = distill.fit_probe(x_train, y_train, fit_config, n_train)
     fit_s = time.perf_counter() - start
-    agree = distill.agreement(probe.predict(x_held, n_held), y_held)
-    judge_auc = roc_auc(y_lab[:, 1], lab_labels)
-    probe_auc = roc_auc(probe.predict(x_lab, n_lab)[:, 1], lab_labels)
-    judge_auc_p = roc_auc(y_lab[:, 0], lab_labels)
-    probe_auc_p = roc_auc(probe.predict(x_lab, n_lab)[:, 0], lab_labels)
+    col = distill.TARGETS.index(args.column)
+    other = distill.TARGETS[1 - col]
+    agree = distill.agreement(probe.predict(x_held, n_held), y_held, col)
+    judge_auc = roc_auc(y_lab[:, col], lab_labels)
+    probe_auc = roc_auc(probe.predict(x_lab, n_lab)[:, col], lab_labels)
+    judge_auc_other = roc_auc(y_lab[:, 1 - col], lab_labels)
+    probe_auc_other = roc_auc(probe.predict(x_lab, n_lab)[:, 1 - col], lab_labels)
 
     # Steady-state probe throughput: the embedded documents tiled to 100k rows, best of 5.
     reps = 100_000 // len(sample) + 1
@@ -166,22 +171,23 @@ def main() -> None:
     print(f"probe_speedup_vs_judge: {probe_dps / judge_dps:.0f}")
     print(f"judge_seconds_per_1000_docs: {1000 / judge_dps:.1f}")
     print(f"probe_seconds_per_1000_docs: {1000 / probe_dps:.6f}")
+    print(f"ranked column: {args.column}")
     print(f"heldout_documents: {agree['documents']}")
-    print(f"heldout_spearman: {agree['spearman_value_norm']:.3f}")
-    print(f"heldout_kendall: {agree['kendall_value_norm']:.3f}")
-    print(f"heldout_spearman_p_yes: {agree['spearman_value']:.3f}")
-    print(f"heldout_kendall_p_yes: {agree['kendall_value']:.3f}")
-    pred_held = probe.predict(x_held, n_held)[:, 1]
+    print(f"heldout_spearman: {agree[f'spearman_{args.column}']:.3f}")
+    print(f"heldout_kendall: {agree[f'kendall_{args.column}']:.3f}")
+    print(f"heldout_spearman_{other}: {agree[f'spearman_{other}']:.3f}")
+    print(f"heldout_kendall_{other}: {agree[f'kendall_{other}']:.3f}")
+    pred_held = probe.predict(x_held, n_held)[:, col]
     for rate in (0.2, 0.6):
-        print(f"heldout_top{round(rate * 100)}pct_overlap: {distill.topk_overlap(pred_held, y_held[:, 1], rate):.3f}")
+        print(f"heldout_top{round(rate * 100)}pct_overlap: {distill.topk_overlap(pred_held, y_held[:, col], rate):.3f}")
     print(f"labelled_probe_documents: {len(lab_rows)}")
     print(f"judge_roc_auc: {judge_auc:.3f}")
     print(f"probe_roc_auc: {probe_auc:.3f}")
     print(f"roc_auc_gap_judge_minus_probe: {judge_auc - probe_auc:.3f}")
-    print(f"judge_roc_auc_p_yes: {judge_auc_p:.3f}")
-    print(f"probe_roc_auc_p_yes: {probe_auc_p:.3f}")
+    print(f"judge_roc_auc_{other}: {judge_auc_other:.3f}")
+    print(f"probe_roc_auc_{other}: {probe_auc_other:.3f}")
     print(f"goal_speedup_100x: {'met' if probe_dps / judge_dps >= 100 else 'NOT met'}")
-    print(f"goal_spearman_0.8: {'met' if agree['spearman_value_norm'] >= 0.8 else 'NOT met'}")
+    print(f"goal_spearman_0.8: {'met' if agree[f'spearman_{args.column}'] >= 0.8 else 'NOT met'}")
     print(f"goal_auc_within_0.03: {'met' if judge_auc - probe_auc <= 0.03 else 'NOT met'}")
 
 

@@ -25,6 +25,7 @@ from dselect_assets.assets.scoring import (
     load_model,
     missing_documents,
     register_producer,
+    resource_key,
     run_in_chunks,
     scored_data_version,
 )
@@ -37,6 +38,23 @@ from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore
 
 KIND = "ask_llm_distilled"
 PROBE_ARTIFACT = "ask_llm_probe"
+# Samplers that rank by the distilled scores, and the rule each applies (core/samplers.py).
+DISTILLED_SAMPLERS = {"ask_llm_distilled": "ask_llm_topk", "ask_llm_distilled_density": "ask_llm_density"}
+
+
+def distilled_resource(judge_producer: str, embedding_producer: str) -> str:
+    """The resource_producers key of "the probe last fit for this judge on these embeddings"."""
+    return f"{KIND}:{judge_producer}:{embedding_producer}"
+
+
+def resolve_distilled(store: DuckDBStore, judge_producer: str, embedding_producer: str) -> str:
+    """The distilled producer a selection reads for the judge and embedder configured now."""
+    rows = store.query("SELECT producer_id FROM resource_producers WHERE resource = ?",
+                       [distilled_resource(judge_producer, embedding_producer)])
+    if not rows:
+        raise MissingUpstream(f"no Ask-LLM probe distilled from {judge_producer} on {embedding_producer}; "
+                              "materialize ask_llm_probe, then ask_llm_distilled_scores for every shard")
+    return rows[0][0]
 
 
 class ProbeConfig(dg.Config):
@@ -50,6 +68,9 @@ class ProbeConfig(dg.Config):
     cv_folds: int = 5
     length_feature: bool = True  # log(characters) beside the embedding (see core.distill.FitConfig)
     min_train_documents: int = 20
+    # The judge column the headline agreement and ROC-AUC are measured on: the one selections
+    # rank by (SelectionConfig.ask_llm_value); the other column is reported beside it.
+    rank_column: str = "value"
     # Verdict: the probe is "behind" when its labelled-probe ROC-AUC is more than auc_margin
     # below the judge's, or its held-out Spearman with the judge is below min_spearman.
     auc_margin: float = 0.03
@@ -188,7 +209,13 @@ def ask_llm_probe(
 ) -> dg.MaterializeResult:
     scorer = load_model(judge)
     judge_producer = make_producer_id("ask_llm", **scorer.identity)
-    register_producer(store, judge_producer, "ask_llm", scorer.identity)
+    # The judge's scores stored here are the judge's own, so this run may also say which
+    # producer the configured judge is (as ask_llm_scores does).
+    register_producer(store, judge_producer, "ask_llm", scorer.identity, resource_key("ask_llm", judge))
+    if config.rank_column not in distill.TARGETS:
+        raise dg.Failure(f"rank_column must be one of {', '.join(distill.TARGETS)}, got {config.rank_column!r}")
+    col = distill.TARGETS.index(config.rank_column)
+    other = distill.TARGETS[1 - col]
     embedding_producer = make_producer_id("embedding", **load_model(embedder).identity)
 
     corpus = pl.DataFrame(store.query("SELECT content_hash, shard, n_chars FROM contents ORDER BY content_hash"),
@@ -220,10 +247,12 @@ def ask_llm_probe(
     except distill.DistillError as exc:
         raise dg.Failure(f"ask_llm_probe: {exc}") from exc
 
-    held_agree = distill.agreement(probe.predict(x_held, n_held), y_held) if heldout else {"documents": 0}
-    y_lab = _judge_rows(store, judge_producer, labelled)
-    judge_auc = roc_auc(y_lab[:, 1], labels) if labelled else float("nan")
-    probe_auc = roc_auc(probe.predict(x_lab, n_lab)[:, 1], labels) if labelled else float("nan")
+    held_agree = distill.agreement(probe.predict(x_held, n_held), y_held, col) if heldout else {"documents": 0}
+    y_lab, p_lab = _judge_rows(store, judge_producer, labelled), probe.predict(x_lab, n_lab)
+    judge_auc, probe_auc, judge_auc_other, probe_auc_other = (
+        roc_auc(values[:, j], labels) if labelled else float("nan")
+        for j in (col, 1 - col) for values in (y_lab, p_lab)
+    )
 
     # Cost per 1,000 documents. The judge's time is its forward passes in this run; when
     # every document was cached it is re-timed on a few held-out documents.
@@ -237,23 +266,27 @@ def ask_llm_probe(
     judge_s_per_k = 1000 * judge_seconds / judged_timed if judged_timed else float("nan")
     probe_s_per_k = 1000 * probe_seconds / max(x_all.shape[0], 1)
 
-    spearman_norm = held_agree.get("spearman_value_norm", float("nan"))
-    verdict = distill.verdict(judge_auc, probe_auc, spearman_norm, config.auc_margin, config.min_spearman)
+    nan = float("nan")
+    spearman_ranked = held_agree.get(f"spearman_{config.rank_column}", nan)
+    verdict = distill.verdict(judge_auc, probe_auc, spearman_ranked, config.auc_margin, config.min_spearman)
     fit = config.fit_config().identity()
     producer = distill.probe_producer_id(judge_producer, embedding_producer, train, heldout, fit)
     metrics = {
+        "rank_column": config.rank_column,
         "heldout_documents": held_agree["documents"],
-        "heldout_spearman": _round(spearman_norm),
-        "heldout_kendall": _round(held_agree.get("kendall_value_norm", float("nan"))),
-        "heldout_spearman_p_yes": _round(held_agree.get("spearman_value", float("nan"))),
-        "heldout_kendall_p_yes": _round(held_agree.get("kendall_value", float("nan"))),
-        "heldout_top20_overlap": _round(held_agree.get("top20_overlap", float("nan")), 3),
+        "heldout_spearman": _round(spearman_ranked),
+        "heldout_kendall": _round(held_agree.get(f"kendall_{config.rank_column}", nan)),
+        f"heldout_spearman_{other}": _round(held_agree.get(f"spearman_{other}", nan)),
+        f"heldout_kendall_{other}": _round(held_agree.get(f"kendall_{other}", nan)),
+        "heldout_top20_overlap": _round(held_agree.get("top20_overlap", nan), 3),
         "labelled_probe_documents": len(labelled),
         "judge_roc_auc": _round(judge_auc, 3),
         "probe_roc_auc": _round(probe_auc, 3),
+        f"judge_roc_auc_{other}": _round(judge_auc_other, 3),
+        f"probe_roc_auc_{other}": _round(probe_auc_other, 3),
         "judge_seconds_per_1000_docs": _round(judge_s_per_k, 2),
         "probe_seconds_per_1000_docs": _round(probe_s_per_k, 6),
-        "probe_speedup_vs_judge": _round(judge_s_per_k / probe_s_per_k if probe_s_per_k > 0 else float("nan"), 0),
+        "probe_speedup_vs_judge": _round(judge_s_per_k / probe_s_per_k if probe_s_per_k > 0 else nan, 0),
         "verdict": verdict,
     }
     probe.meta.update({"producer_id": producer, "judge": judge_producer, "embedder": embedding_producer,
@@ -262,7 +295,7 @@ def ask_llm_probe(
     probe.save(out_file)
     identity = {"code": distill.DISTILL_VERSION, "judge": judge_producer, "embedder": embedding_producer,
                 "sample_documents": len(sample), "seed": config.seed, "fit": fit, "probe_file": str(out_file)}
-    register_producer(store, producer, KIND, identity)
+    register_producer(store, producer, KIND, identity, distilled_resource(judge_producer, embedding_producer))
     stats = {
         "corpus_documents": len(hashes),
         "sample_documents": len(sample),
@@ -279,7 +312,9 @@ def ask_llm_probe(
         return "n/a" if value is None else value
 
     table = markdown_table(["", "judge", "probe"], [(name, cell(a), cell(b)) for name, a, b in [
-        ("ROC-AUC on the labelled probe (normalized P(yes))", metrics["judge_roc_auc"], metrics["probe_roc_auc"]),
+        (f"ROC-AUC on the labelled probe ({config.rank_column})", metrics["judge_roc_auc"], metrics["probe_roc_auc"]),
+        (f"ROC-AUC on the labelled probe ({other})", metrics[f"judge_roc_auc_{other}"],
+         metrics[f"probe_roc_auc_{other}"]),
         ("seconds per 1,000 documents", metrics["judge_seconds_per_1000_docs"], metrics["probe_seconds_per_1000_docs"]),
         (f"projected seconds for all {n} documents", _round(judge_s_per_k * n / 1000, 1),
          _round(probe_s_per_k * n / 1000, 4)),
@@ -361,8 +396,8 @@ def ask_llm_distilled_scores(
     with store.connect(read_only=True) as con:
         con.register("shard_docs", docs.select("content_hash").to_arrow())
         value = np.asarray(con.execute(
-            "SELECT s.value_norm FROM shard_docs d JOIN scores s ON s.content_hash = d.content_hash"
-            " AND s.producer_id = ?", [producer]).fetchnumpy()["value_norm"], dtype=np.float64)
+            "SELECT s.value FROM shard_docs d JOIN scores s ON s.content_hash = d.content_hash"
+            " AND s.producer_id = ?", [producer]).fetchnumpy()["value"], dtype=np.float64)
     stats = {"documents": docs.height, "scored_now": todo.height, "reused_from_cache": docs.height - todo.height}
     with store.transaction() as con:
         record_run(con, context, config.model_dump(), producer, outputs=stats)

@@ -356,14 +356,14 @@ def topk_overlap(pred: np.ndarray, truth: np.ndarray, rate: float) -> float:
     return float(np.intersect1d(top_truth, top_pred).size / k)
 
 
-def agreement(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def agreement(pred: np.ndarray, truth: np.ndarray, ranked: int = 0) -> dict[str, float]:
     """Spearman and Kendall tau per target between probe predictions and the judge's scores,
-    and the overlap of the two top-20% selections on the normalized score."""
+    and the overlap of the two top-20% selections on target `ranked` (what selections rank by)."""
     out: dict[str, float] = {"documents": int(np.isfinite(truth).all(axis=1).sum())}
     for j, name in enumerate(TARGETS):
         out[f"spearman_{name}"] = spearman(pred[:, j], truth[:, j])
         out[f"kendall_{name}"] = kendall(pred[:, j], truth[:, j])
-    out["top20_overlap"] = topk_overlap(pred[:, 1], truth[:, 1], 0.2)
+    out["top20_overlap"] = topk_overlap(pred[:, ranked], truth[:, ranked], 0.2)
     return out
 
 

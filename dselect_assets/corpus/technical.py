@@ -1,6 +1,6 @@
-"""Build dselect's default corpus: a small, mixed-quality "web crawl" of real human-written text.
+"""The optional technical corpus (the default before the web-like one in corpus.build): a small,
 
-Everything comes from Debian packages (install them with `scripts/install_corpus_sources.sh`)
+Everything comes from Debian packages (install them with `scripts/setup.sh --technical`)
 or from the running Python's standard library; nothing is generated. Sources, by category:
 
 informative (judge probe label 1)

@@ -1,4 +1,4 @@
-"""The optional technical corpus (the default before the web-like one in corpus.build): a small,
+"""The optional technical corpus (the default before corpus.build's web-like one): real text, mixed quality.
 
 Everything comes from Debian packages (install them with `scripts/setup.sh --technical`)
 or from the running Python's standard library; nothing is generated. Sources, by category:

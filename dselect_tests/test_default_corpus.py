@@ -299,3 +299,14 @@ def test_cli_names_the_missing_archive(tmp_path, capsys):
     assert code == 2
     assert "fetch_corpus_sources" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_judge_eval_reports_an_uninstalled_judge_as_not_installed(built, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DSELECT_JUDGES_DIR", str(tmp_path / "no-judges"))
+    code = judge_eval.main(["--probe", str(built[1] / "judge_probe.jsonl"), "--no-perplexity", "--out-dir",
+                            str(tmp_path / "reports"), "--configs", "qwen2.5-coder-1.5b-chat@128"])
+    assert code == 1  # nothing measured, and no number made up for it
+    assert "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) is not installed" in capsys.readouterr().err
+    report = {"probe": {"path": "p", "sha256": "0" * 64, "rows_used": 0, "labels": {}, "sources": {}},
+              "machine": "m", "results": [], "skipped": {"qwen2.5-coder-1.5b-chat@128": "X is not installed (...)"}}
+    assert "| qwen2.5-coder-1.5b-chat@128 | not installed | not installed |" in judge_eval._markdown(report)

@@ -33,6 +33,7 @@ from dselect_assets.core.hashing import content_hash
 from dselect_assets.corpus import sources as src
 from dselect_assets.corpus.archives import ARCHIVES, Archive, CorpusSourceMissing, default_cache_dir, open_archives
 from dselect_assets.corpus.technical import (
+    balanced_probe,
     CorpusDocument,
     _assign_shards,
     _atomic_write,
@@ -168,23 +169,6 @@ def count_shard_documents(path: Path) -> int:
     raise ValueError(f"{path}: not a shard (.jsonl, .parquet or .txt)")
 
 
-def _probe_rows(docs: list[CorpusDocument], seed: int) -> list[dict]:
-    """PROBE_PER_LABEL documents per label, spread evenly over that label's sources; only
-    texts that occur once, so a duplicate cannot be counted twice."""
-    hash_counts = Counter(content_hash(d.text) for d in docs)
-    unique = [d for d in docs if hash_counts[content_hash(d.text)] == 1]
-    rng = random.Random(f"{seed}:probe")
-    rows = []
-    for label, names in ((1, INFORMATIVE_SOURCES), (0, JUNK_SOURCES)):
-        quota = [PROBE_PER_LABEL // len(names) + (1 if i < PROBE_PER_LABEL % len(names) else 0)
-                 for i in range(len(names))]
-        for source, k in zip(names, quota):
-            members = [d for d in unique if d.source == source]
-            for d in rng.sample(members, min(k, len(members))):
-                rows.append({"id": d.id, "text": d.text, "source": d.source, "label": label})
-    return sorted(rows, key=lambda r: r["id"])
-
-
 def build_default_corpus(corpus_dir: Path, eval_dir: Path, n_shards: int = 6, seed: int = 0, *,
                          cache_dir: Path | None = None, overwrite: bool = False) -> dict:
     """Write the corpus shards, high-quality set, judge probe and manifest; return the manifest.
@@ -255,7 +239,7 @@ def build_default_corpus(corpus_dir: Path, eval_dir: Path, n_shards: int = 6, se
         else:
             _write_txt(path, docs)
     _write_jsonl(eval_dir / "high_quality.jsonl", hq_rows)
-    probe = _probe_rows(all_docs, seed)
+    probe = balanced_probe(all_docs, seed, INFORMATIVE_SOURCES, JUNK_SOURCES, PROBE_PER_LABEL)
     _write_jsonl(eval_dir / "judge_probe.jsonl", probe)
 
     def package_info(source: str) -> list[dict]:

@@ -664,14 +664,16 @@ def existing_shards(corpus_dir: Path) -> list[Path]:
     return _sorted_files(p for p in Path(corpus_dir).glob("shard-*") if p.suffix in (".jsonl", ".parquet", ".txt"))
 
 
-def _probe_rows(docs: list[CorpusDocument], seed: int) -> list[dict]:
-    """A label-balanced sample of corpus documents, spread evenly over the sources of each label."""
+def balanced_probe(docs: list[CorpusDocument], seed: int, informative: Sequence[str], junk: Sequence[str],
+                   per_label: int) -> list[dict]:
+    """`per_label` documents per label, spread evenly over that label's sources; only texts
+    that occur once, so a duplicate cannot be counted twice."""
     hash_counts = Counter(content_hash(d.text) for d in docs)
     unique = [d for d in docs if hash_counts[content_hash(d.text)] == 1]
     rng = random.Random(f"{seed}:probe")
     rows = []
-    for label, source_names in ((1, INFORMATIVE_SOURCES), (0, JUNK_SOURCES)):
-        quota = [PROBE_PER_LABEL // len(source_names) + (1 if i < PROBE_PER_LABEL % len(source_names) else 0)
+    for label, source_names in ((1, informative), (0, junk)):
+        quota = [per_label // len(source_names) + (1 if i < per_label % len(source_names) else 0)
                  for i in range(len(source_names))]
         for source, k in zip(source_names, quota):
             members = [d for d in unique if d.source == source]
@@ -731,7 +733,7 @@ def build_default_corpus(corpus_dir: Path, eval_dir: Path, n_shards: int = 6, se
     all_docs = [d for docs in shard_docs for d in docs]
     hq_rows = [{"id": f"hq-{i:05d}", "text": text, "source": source} for i, (source, text) in enumerate(hq)]
     _write_jsonl(eval_dir / "high_quality.jsonl", hq_rows)
-    probe = _probe_rows(all_docs, seed)
+    probe = balanced_probe(all_docs, seed, INFORMATIVE_SOURCES, JUNK_SOURCES, PROBE_PER_LABEL)
     _write_jsonl(eval_dir / "judge_probe.jsonl", probe)
 
     hashes = Counter(content_hash(d.text) for d in all_docs)

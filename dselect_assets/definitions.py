@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from dselect_assets.assets import corpus, density, exports, scoring, selection, training
+from dselect_assets.assets import corpus, density, distill, exports, scoring, selection, training
 from dselect_assets.deployments import current_deployment, executor_for
 from dselect_assets.resources import (
     AskLLMJudgeResource,
@@ -77,9 +77,24 @@ class PipelineStage:
     partition_keys: Callable[[list[str]], list[str | None]]
 
 
+# Distilled Ask-LLM (assets/distill.py): the probe is fit once every shard is embedded, then
+# scores each shard from its embeddings alone; a shard added later needs only distilled_job.
+probe_job = dg.define_asset_job(
+    "probe_job",
+    selection=dg.AssetSelection.assets(distill.ask_llm_probe),
+    description="Judge a stratified sample, fit the distilled Ask-LLM probe on its embeddings, measure it.",
+)
+distilled_job = dg.define_asset_job(
+    "distilled_job",
+    selection=dg.AssetSelection.assets(distill.ask_llm_distilled_scores),
+    description="Distilled Ask-LLM scores of one shard from its embeddings (no judge run).",
+)
+
 PIPELINE_STAGES = [
     PipelineStage("shard_job", lambda shard_keys: list(shard_keys)),
     PipelineStage("corpus_job", lambda _: [None]),
+    PipelineStage("probe_job", lambda _: [None]),
+    PipelineStage("distilled_job", lambda shard_keys: list(shard_keys)),
     PipelineStage("selection_job", lambda _: selection.selection_partitions.get_partition_keys()),
     PipelineStage("training_job", lambda _: training.DEFAULT_TRAINING_KEYS),
     PipelineStage("report_job", lambda _: [None]),
@@ -87,8 +102,9 @@ PIPELINE_STAGES = [
 
 defs = dg.Definitions(
     assets=[*shard_assets, *corpus_assets, selection.selections, training.checkpoints,
-            training.eval_metrics, training.comparison_report, exports.selection_exports],
-    jobs=[shard_job, corpus_job, selection_job, training_job, report_job],
+            training.eval_metrics, training.comparison_report, exports.selection_exports,
+            distill.ask_llm_probe, distill.ask_llm_distilled_scores],
+    jobs=[shard_job, corpus_job, selection_job, training_job, report_job, probe_job, distilled_job],
     sensors=[corpus.build_corpus_sensor(shard_job)],
     schedules=[reselect_schedule],
     executor=executor_for(current_deployment()),

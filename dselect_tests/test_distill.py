@@ -6,8 +6,10 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from dselect_assets.assets import corpus, distill, scoring
+from dselect_assets.assets import corpus, distill, scoring, selection
+from dselect_assets.assets.scoring import resource_key
 from dselect_assets.core import distill as core
+from dselect_assets.core import samplers
 from dselect_assets.core.models import ModelLoadError
 from dselect_assets.resources import AskLLMJudgeResource
 from dselect_tests.pipeline_fixtures import build_source_corpus, materialization_metadata, small_resources, write_slice
@@ -208,6 +210,8 @@ def test_probe_fits_on_judged_sample_and_a_new_shard_needs_no_judge(source, tmp_
     assert meta["producer_id"].startswith("ask_llm_distilled:")
     assert meta["judge_seconds_per_1000_docs"] > 0 and meta["probe_seconds_per_1000_docs"] > 0
     assert meta["verdict"] and "judge_vs_probe" in meta
+    store = resources["store"]
+    assert distill.resolve_distilled(store, meta["judge_producer"], meta["embedding_producer"]) == meta["producer_id"]
     (check,) = fit.get_asset_check_evaluations()
     assert check.check_name == "probe_keeps_up" and check.metadata["verdict"].value == meta["verdict"]
 
@@ -240,3 +244,18 @@ def test_probe_fits_on_judged_sample_and_a_new_shard_needs_no_judge(source, tmp_
     again = dg.materialize([distill.ask_llm_distilled_scores], partition_key="b.jsonl", instance=instance,
                            resources=broken)
     assert materialization_metadata(again, "ask_llm_distilled_scores")["reused_from_cache"] == meta_b["documents"]
+
+    # The distilled samplers rank by these scores; ask_llm_topk still reads the judge's own.
+    sources = selection.ScoreSources(resource_key("ask_llm", resources["judge"]),
+                                     resource_key("perplexity", resources["perplexity_lm"]),
+                                     resource_key("embedding", resources["embedder"]))
+    hashes = sorted(r[0] for r in store.query("SELECT content_hash FROM contents"))
+    config = selection.SelectionConfig()
+    inputs, producers, rows = selection.sampler_inputs(store, "ask_llm_distilled", hashes, config, sources)
+    assert producers == {"ask_llm": meta["producer_id"]} and rows.size == len(hashes) == n_a + n_b
+    stored = dict(store.query("SELECT content_hash, value FROM scores WHERE producer_id = ?", [meta["producer_id"]]))
+    assert np.allclose(inputs.quality, [stored[hashes[i]] for i in rows])
+    kept = samplers.SAMPLERS["ask_llm_distilled"](inputs, 0.25, 0)
+    assert np.array_equal(kept, samplers.SAMPLERS["ask_llm_topk"](inputs, 0.25, 0))
+    in_a = sorted(r[0] for r in store.query("SELECT DISTINCT content_hash FROM documents WHERE shard = 'a.jsonl'"))
+    assert selection.sampler_inputs(store, "ask_llm_topk", in_a, config, sources)[1] == {"ask_llm": meta["judge_producer"]}

@@ -6,7 +6,10 @@ and stored under the judge's own producer, so `ask_llm_scores` reuses them in
 turn), fits the probe and measures it against the judge on documents it never
 saw. `ask_llm_distilled_scores[shard]` predicts from the stored embeddings
 only: a shard that arrives after the fit costs one matrix product, no judge.
-The algorithms live in `dselect_assets.core.distill`.
+Re-materializing the probe after the corpus has grown draws the sample again
+(new documents may enter it, so the judge scores those): that is a new producer
+and every shard is re-predicted, cheaply. The algorithms live in
+`dselect_assets.core.distill`.
 """
 
 import json

@@ -14,7 +14,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from dselect_assets.assets import checks
+from dselect_assets.assets import checks, distill
 from dselect_assets.assets.common import eager_after_checks, markdown_table, record_run, register_artifact, write_atomically
 from dselect_assets.assets.scoring import resource_key
 from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, texts_for
@@ -40,6 +40,8 @@ DEFAULT_SAMPLERS = [
     "perplexity_filter",
     "ask_llm_topk",
     "ask_llm_density",
+    "ask_llm_distilled",
+    "ask_llm_distilled_density",
 ]
 DEFAULT_RATES = [0.1, 0.2, 0.4, 0.6, 0.8]
 FULL_DATA_KEY = "full@1.00"
@@ -215,6 +217,10 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: 
     needs = samplers.REQUIRED_INPUTS[sampler]
     fields: dict = {"n": len(hashes)}
     producers = read_producers(store, needs, config, sources)
+    if sampler in distill.DISTILLED_SAMPLERS:
+        # Quality from the probe distilled from the configured judge on the configured embeddings.
+        embedding = resolve_producer(store, "embedding", config.embedding_producer, sources.embedding)
+        producers["ask_llm"] = distill.resolve_distilled(store, producers["ask_llm"], embedding)
     if "density" in needs:
         fields["density"] = score_column(store, producers["density"], "density", hashes)
     if "quality" in needs:

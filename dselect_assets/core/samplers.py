@@ -288,6 +288,10 @@ SAMPLERS: dict[str, Sampler] = {
     "perplexity_filter": perplexity_filter_sampler,
     "ask_llm_topk": ask_llm_topk_sampler,
     "ask_llm_density": ask_llm_density_sampler,
+    # The same two rules over the distilled judge's scores (a probe over the embeddings,
+    # core/distill.py); the selection asset passes those as `quality`.
+    "ask_llm_distilled": ask_llm_topk_sampler,
+    "ask_llm_distilled_density": ask_llm_density_sampler,
 }
 
 # The SamplerInputs fields each sampler reads ("clusters" also implies embeddings).
@@ -301,6 +305,8 @@ REQUIRED_INPUTS: dict[str, frozenset[str]] = {
     "perplexity_filter": frozenset({"perplexity"}),
     "ask_llm_topk": frozenset({"quality"}),
     "ask_llm_density": frozenset({"quality", "density"}),
+    "ask_llm_distilled": frozenset({"quality"}),
+    "ask_llm_distilled_density": frozenset({"quality", "density"}),
 }
 
 

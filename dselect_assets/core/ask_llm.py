@@ -11,10 +11,13 @@ Documents that tokenize to nothing (empty or whitespace-only text) get NaN in
 both columns; `unscorable(scores)` lists their indices.
 
 Speed on CPU comes from: length-sorted batches with left padding (the answer
-position is the last column of every row), only the last position's logits
-(the vocabulary projection over every prompt token is skipped), the KV cache of
-the prompt prefix shared by all documents (system prompt, few-shot turns,
-"###"), and torch.inference_mode.
+position is the last column of every row; core/batching.py, which also computes
+exact duplicates once), only the last position's logits (the vocabulary
+projection over every prompt token is skipped), the KV cache of the prompt
+prefix shared by all documents (system prompt and turn header of the chat
+template, or few-shot turns and "###"), bf16 GEMMs where the CPU has native bf16
+(AUTO_CPU_BF16), and torch.inference_mode. benchmarks/bench_ask_llm.py measures
+each against a naive loop and the peer nano-askllm.
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ FEW_SHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
     ),
 )
 
+# What dtype="auto" means on a CPU with native bf16: "bf16-matmul" (fp32 residual
+# stream, bf16 linear layers) or "bfloat16" (the whole model in bf16); benchmarks/bench_ask_llm.py
+# measures both against fp32.
+AUTO_CPU_BF16 = "bf16-matmul"
+
 _SENTINEL = "\u0000DSELECT_EXAMPLE\u0000"
 
 def unscorable(scores: np.ndarray) -> np.ndarray:
@@ -114,7 +122,10 @@ class AskLLMJudge:
     prompt: must contain "{example}" once; defaults to the paper's prompt.
     max_doc_tokens: documents are cut to this many tokens so the prompt stays whole.
     few_shot: (document, "yes"|"no") demonstrations placed before the query.
-    dtype: "auto" (bf16 where the hardware has native bf16, else fp32), "float32", "bfloat16".
+    dtype: "auto" (bf16 where the hardware has native bf16, else fp32), "float32", "bfloat16",
+        or "bf16-matmul": fp32 model whose linear layers multiply in bf16 (bf16 weights,
+        inputs cast down, outputs back to fp32), so the residual stream, norms, rotary
+        and attention softmax stay fp32.
     """
 
     def __init__(
@@ -140,8 +151,14 @@ class AskLLMJudge:
         self.few_shot = tuple((str(doc), str(answer)) for doc, answer in few_shot)
         self.raw_answer_suffix = raw_answer_suffix
         self.device, _ = pick_device(device)
-        self.dtype = resolve_dtype(self.device, dtype)
+        self.bf16_matmul = dtype == "bf16-matmul" or (
+            dtype == "auto" and AUTO_CPU_BF16 == "bf16-matmul" and self.device.type == "cpu"
+            and resolve_dtype(self.device, "auto") == torch.bfloat16
+        )
+        self.dtype = torch.float32 if self.bf16_matmul else resolve_dtype(self.device, dtype)
         self.model, self.tokenizer = load_causal_or_seq2seq(self.spec, self.device, self.dtype)
+        if self.bf16_matmul:
+            _bf16_linears(self.model)
         self.is_causal = self.spec.kind == "causal"
         self.uses_chat_template = bool(
             self.is_causal and self.spec.chat_template and getattr(self.tokenizer, "chat_template", None)
@@ -224,7 +241,7 @@ class AskLLMJudge:
                 "max_doc_tokens": self.max_doc_tokens,
                 "yes_ids": self.yes_ids,
                 "no_ids": self.no_ids,
-                "dtype": str(self.dtype).removeprefix("torch."),
+                "dtype": "float32+bf16-matmul" if self.bf16_matmul else str(self.dtype).removeprefix("torch."),
             }
         return self._identity
 
@@ -301,6 +318,33 @@ class AskLLMJudge:
             decoder_input_ids=decoder_ids.to(self.device),
         )
         return out.logits[:, 0, :]
+
+
+def _bf16_linears(module: Any) -> None:
+    """Replace every nn.Linear under `module`, in place, by one with bf16 weights whose
+    input is cast to bf16 and output back to the input's dtype: oneDNN's native bf16
+    GEMM, with everything around it (residual stream, norms, rotary, softmax) in fp32."""
+    import torch
+
+    class Bf16Linear(torch.nn.Module):
+        def __init__(self, linear: Any) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
+            bias = linear.bias
+            self.bias = None if bias is None else torch.nn.Parameter(bias.detach().to(torch.bfloat16),
+                                                                     requires_grad=False)
+
+        def forward(self, x: Any) -> Any:
+            return torch.nn.functional.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+
+    def swap(parent: Any) -> None:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(parent, name, Bf16Linear(child))
+            else:
+                swap(child)
+
+    swap(module)
 
 
 def _expand_cache(cache: Any, batch: int) -> Any:

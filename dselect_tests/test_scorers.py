@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dselect_assets.core.ask_llm import FEW_SHOT_EXAMPLES, AskLLMJudge, unscorable
+from dselect_assets.core.batching import length_sorted_batches, map_padded, pad
 from dselect_assets.core.embed import SentenceEmbedder
 from dselect_assets.core.judge_eval import roc_auc
 from dselect_assets.core.models import (
@@ -62,6 +63,48 @@ def judge():
 @pytest.fixture(scope="module")
 def lm():
     return PerplexityScorer(max_tokens=64, batch_size=4, dtype="float32")
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def test_pad_left_and_right():
+    ids, mask = pad([[1, 2, 3], [4]], pad_id=9, side="right")
+    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad([[1, 2, 3], [4]], pad_id=9, side="left")
+    assert ids.tolist() == [[1, 2, 3], [9, 9, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError):
+        pad([[1]], pad_id=0, side="middle")
+
+
+def test_length_sorted_batches_longest_first_stable():
+    batches = length_sorted_batches([2, 5, 5, 1, 3], batch_size=2)
+    assert [b.tolist() for b in batches] == [[1, 2], [4, 0], [3]]
+    with pytest.raises(ValueError):
+        length_sorted_batches([1], batch_size=0)
+
+
+def test_map_padded_restores_order_skips_empty_and_duplicates():
+    seqs = [[5, 1], [], [2, 2, 2, 2], [5, 1], [7], [3, 3, 3], [5, 1]]
+    seen: list[list[int]] = []
+
+    def forward(ids, mask):  # row -> (sum of real tokens, real length); padding must not count
+        seen.extend((ids[r][mask[r].bool()]).tolist() for r in range(ids.shape[0]))
+        assert ids.shape[0] <= 2
+        return torch.stack([(ids * mask).sum(1), mask.sum(1)], dim=1).double()
+
+    for side in ("left", "right"):
+        seen.clear()
+        out = map_padded(seqs, forward, batch_size=2, pad_id=99, side=side, width=2)
+        expected = [[sum(s), len(s)] if s else [np.nan, np.nan] for s in seqs]
+        np.testing.assert_array_equal(out, np.array(expected, dtype=float))
+        # Each distinct non-empty sequence once, longest first.
+        assert seen == [[2, 2, 2, 2], [3, 3, 3], [5, 1], [7]]
+    seen.clear()
+    again = map_padded(seqs, forward, batch_size=2, pad_id=99, width=2, dedupe=False)
+    np.testing.assert_array_equal(again, out)
+    assert len(seen) == 6  # every non-empty sequence, duplicates included
+    assert map_padded([], forward, batch_size=2, pad_id=0).shape == (0,)
 
 
 # --------------------------------------------------------------------------- embedder
@@ -156,6 +199,30 @@ def test_judge_batch_equals_single_and_prefix_cache(judge, judged):
     finally:
         judge.reuse_prefix_cache = True
     np.testing.assert_allclose(judged, no_cache, atol=1e-4)
+
+
+def test_judge_duplicates_share_a_forward_pass_with_equal_scores(judge, judged):
+    texts = [JUDGED[1], JUDGED[0], JUDGED[1], JUDGED[2], JUDGED[0]]
+    with_skip = judge.score(texts)
+    np.testing.assert_allclose(with_skip, judged[[1, 0, 1, 2, 0]], atol=1e-4)
+    assert np.array_equal(with_skip[0], with_skip[2]) and np.array_equal(with_skip[1], with_skip[4])
+    judge.skip_duplicates = False
+    try:
+        np.testing.assert_allclose(judge.score(texts), with_skip, atol=1e-4)
+    finally:
+        judge.skip_duplicates = True
+
+
+def test_bf16_matmul_judge_keeps_scores_and_names_itself(judge, judged):
+    """The bf16-GEMM judge (fp32 residual stream) is a different scorer: its identity says
+    so, its linear layers hold bf16 weights, and its scores stay near fp32's."""
+    mixed = AskLLMJudge(judge.spec, max_doc_tokens=judge.max_doc_tokens, batch_size=4, dtype="bf16-matmul")
+    assert mixed.bf16_matmul and mixed.identity["dtype"] == "float32+bf16-matmul" != judge.identity["dtype"]
+    assert mixed.model.lm_head.weight.dtype == torch.bfloat16
+    assert mixed.model.model.embed_tokens.weight.dtype == torch.float32
+    scores = mixed.score(JUDGED)
+    np.testing.assert_allclose(scores, judged, atol=0.03)
+    assert not np.array_equal(scores, judged)  # bf16 GEMMs really ran
 
 
 def test_gguf_conversion_is_cached(judge):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import time
 from typing import Any, Callable
 
@@ -34,7 +35,8 @@ def stdlib_docstrings(n: int, min_chars: int = 150) -> list[str]:
 
 
 def interleaved_best(repeats: int, n_items: int, chunk: int,
-                     runs: dict[str, Callable[[list[int]], Any]]) -> dict[str, tuple[list[Any], float]]:
+                     runs: dict[str, Callable[[list[int]], Any]],
+                     progress: bool = False) -> dict[str, tuple[list[Any], float]]:
     """Time each run on the same chunks of item indices, interleaved chunk by chunk
     (A B C on chunk 1, A B C on chunk 2, ...), `repeats` times over.
 
@@ -51,6 +53,9 @@ def interleaved_best(repeats: int, n_items: int, chunk: int,
                 start = time.perf_counter()
                 results[name][c] = fn(indices)
                 best[name][c] = min(best[name][c], time.perf_counter() - start)
+                if progress:
+                    print(f"  chunk {c + 1}/{len(chunks)} {name}: {time.perf_counter() - start:.1f} s",
+                          file=sys.stderr, flush=True)
     return {name: (results[name], sum(best[name])) for name in runs}
 
 

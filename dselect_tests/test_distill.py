@@ -215,11 +215,20 @@ def test_probe_fits_on_judged_sample_and_a_new_shard_needs_no_judge(source, tmp_
     (check,) = fit.get_asset_check_evaluations()
     assert check.check_name == "probe_keeps_up" and check.metadata["verdict"].value == meta["verdict"]
 
+    # Without a labelled probe file the fit still succeeds and says what it could not measure.
+    unlabelled = {**config, "labelled_probe_path": str(tmp_path / "no-probe.jsonl")}
+    bare = materialization_metadata(dg.materialize(
+        [distill.ask_llm_probe], instance=instance, resources=resources,
+        run_config={"ops": {"ask_llm_probe": {"config": unlabelled}}}), "ask_llm_probe")
+    assert bare["labelled_probe_documents"] == 0 and "judge_roc_auc" not in bare
+    assert bare["producer_id"] == meta["producer_id"]  # the labelled set is measurement, not identity
+    assert bare["verdict"].startswith(("NOT MEASURED", "BEHIND"))
+
     scored_a = dg.materialize([distill.ask_llm_distilled_scores], partition_key="a.jsonl", instance=instance,
                               resources=resources)
     meta_a = materialization_metadata(scored_a, "ask_llm_distilled_scores")
     assert meta_a["scored_now"] == n_a and meta_a["producer_id"] == meta["producer_id"]
-    assert meta_a["fit_verdict"] == meta["verdict"]
+    assert meta_a["fit_verdict"] == bare["verdict"]  # the latest fit's measurement travels with the scores
 
     # A new shard after the fit, with a judge that cannot even be loaded: scored by the probe alone.
     write_slice(src_corpus / "shard-001.jsonl", corpus_dir / "b.jsonl", 0, 24)

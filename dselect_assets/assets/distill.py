@@ -251,7 +251,8 @@ def ask_llm_probe(
         raise dg.Failure(f"ask_llm_probe: {exc}") from exc
 
     held_agree = distill.agreement(probe.predict(x_held, n_held), y_held, col) if heldout else {"documents": 0}
-    y_lab, p_lab = _judge_rows(store, judge_producer, labelled), probe.predict(x_lab, n_lab)
+    y_lab = _judge_rows(store, judge_producer, labelled)
+    p_lab = probe.predict(x_lab, n_lab) if labelled else np.empty((0, 2))
     judge_auc, probe_auc, judge_auc_other, probe_auc_other = (
         roc_auc(values[:, j], labels) if labelled else float("nan")
         for j in (col, 1 - col) for values in (y_lab, p_lab)
@@ -264,7 +265,7 @@ def ask_llm_probe(
         judge_seconds, judged_timed = _best_seconds(lambda: scorer.score(texts), repeats=1), len(texts)
     else:
         judged_timed = judged_now
-    x_all, n_all = np.vstack([x_train, x_held]), np.concatenate([n_train, n_held])
+    x_all, n_all = (np.vstack([x_train, x_held]), np.concatenate([n_train, n_held])) if heldout else (x_train, n_train)
     probe_seconds = _best_seconds(lambda: probe.predict(x_all, n_all))
     judge_s_per_k = 1000 * judge_seconds / judged_timed if judged_timed else float("nan")
     probe_s_per_k = 1000 * probe_seconds / max(x_all.shape[0], 1)

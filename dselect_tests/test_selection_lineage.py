@@ -44,13 +44,17 @@ def test_switching_judges_back_and_forth_reads_the_configured_one(workspace, res
         meta = result.asset_materializations_for_node("selections")[0].metadata
         return meta["producers"].value["ask_llm"], meta["export"].value
 
-    read_a, export_path = select_with(JUDGE_A)
+    read_a, _ = select_with(JUDGE_A)
     assert read_a == producer_a
     assert select_with(JUDGE_B)[0] == producer_b
     # Batch size changes speed, not scores: the same producer.
     assert select_with(JUDGE_A.model_copy(update={"batch_size": 2}))[0] == producer_a
 
-    export = pl.read_parquet(export_path)
-    ranked = dict(resources["store"].query("SELECT content_hash, value_norm FROM scores WHERE producer_id = ?",
-                                           [producer_a]))
-    assert export["ask_llm"].to_list() == [ranked[h] for h in export["content_hash"]]
+    for column in ("value", "value_norm"):  # whichever Ask-LLM value the selection ranks by
+        config = {"ops": {"selections": {"config": {"ask_llm_value": column}}}}
+        result = dg.materialize([selection.selections], partition_key="ask_llm_topk@0.40", instance=instance,
+                                resources={**resources, "judge": JUDGE_A}, run_config=config)
+        export = pl.read_parquet(result.asset_materializations_for_node("selections")[0].metadata["export"].value)
+        ranked = dict(resources["store"].query(f"SELECT content_hash, {column} FROM scores WHERE producer_id = ?",
+                                               [producer_a]))
+        assert export["ask_llm"].to_list() == [ranked[h] for h in export["content_hash"]]

@@ -3,12 +3,13 @@ missing, the `dselect run` profiles' plans, and the tiny-LM checkpoints the perp
 
 import dagster as dg
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
 from dselect_assets import definitions
 from dselect_assets.assets import paper_scores, scoring, selection, training
-from dselect_assets.core import checkpoint_lm, models, paper, train
+from dselect_assets.core import checkpoint_lm, models, paper, report, train
 from dselect_assets.core.evaluate import token_perplexity
 from dselect_assets.core.tiny_lm import GPTConfig, TinyGPT, load_model
 from dselect_assets.resources import AskLLMJudgeResource
@@ -182,3 +183,27 @@ def test_document_nll_is_each_documents_own_perplexity():
     for doc, value in zip(docs[:5], nll):
         assert value == pytest.approx(token_perplexity(model, [doc[:64]], 0)["mean_nll"], rel=1e-5)
     assert np.isnan(nll[5])
+
+
+def test_the_cli_names_what_the_paper_profile_skips_and_why(no_extra_models, workspace, capsys, monkeypatch):
+    from dselect_assets import cli
+
+    monkeypatch.setenv("DAGSTER_HOME", str(workspace[0] / "dagster_home"))  # restored after the test
+    (workspace[1] / "s.jsonl").write_text('{"id": "a", "text": "a line"}\n', encoding="utf-8")
+    cli.run_pipeline(stages=["no_such_job"], profile="paper")  # every stage filtered out: nothing runs
+    out = capsys.readouterr().out
+    assert "dselect: perplexity_gemma3_270m (stand-in for Perplexity filter, T5-Base) is skipped: model package " \
+        f"'{models.GEMMA_PACKAGE}' is not installed" in out
+    assert "dselect: ask_llm_qwen15b (stand-in for Ask-LLM, Flan-T5-Large; Ask-LLM, Flan-T5-XL; Ask-LLM, " \
+        "Flan-T5-XXL) is skipped" in out
+
+
+def test_the_report_names_each_stand_in_and_the_full_data_against_unigram(tmp_path):
+    rows = [(s, r, seed, "high_quality", ppl, 900.0)
+            for s, r, ppl in (("random", 0.2, 500.0), ("ask_llm_qwen15b", 0.2, 480.0), ("full", 1.0, 450.0))
+            for seed in (0, 1, 2)]
+    results = pl.DataFrame(rows, schema=["sampler", "rate", "seed", "eval_set", "ppl", "unigram_ppl"], orient="row")
+    markdown = report.build_report(results, tmp_path).markdown
+    assert "| ask_llm_qwen15b | Ask-LLM, Flan-T5-Large; Ask-LLM, Flan-T5-XL; Ask-LLM, Flan-T5-XXL | " \
+        "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) in its chat template |" in markdown
+    assert "high_quality: full data 450.0 vs unigram 900.0, ratio 0.50 (3 run(s))" in markdown

@@ -18,7 +18,7 @@ from dselect_assets.assets import checks, distill, paper_scores
 from dselect_assets.assets.common import eager_after_checks, markdown_table, record_run, register_artifact, write_atomically
 from dselect_assets.assets.scoring import resource_key
 from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, texts_for
-from dselect_assets.core import paper, samplers
+from dselect_assets.core import paper, report, samplers
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.ingest import Document, read_shard
@@ -104,6 +104,12 @@ def runnable_reason(key: str) -> str | None:
         return (f"{key} is no selection: the full data is {FULL_DATA_KEY} and every sampler runs below rate "
                 f"{FULL_RATE:.2f}")
     return paper.unavailable_reason(sampler)
+
+
+def sampler_table() -> str:
+    """Every sampler value, the paper configurations it stands in for and what runs here."""
+    return markdown_table(["sampler", "paper configuration(s)", "local stand-in"],
+                          report.stand_in_rows([s for s in SAMPLER_VALUES if s != FULL_SAMPLER]))
 
 
 def selection_target(key: str, sources: "ScoreSources") -> tuple[str, float, "ScoreSources"]:
@@ -356,6 +362,7 @@ def export_frame(store: DuckDBStore, kept: list[str], producers: dict[str, str],
     ],
     description="The documents a sampler keeps at a rate, with full lineage and a Parquet export "
     "(id, content_hash, text, scores) that polars and Hugging Face datasets read as is.",
+    metadata={"samplers": dg.MetadataValue.md(sampler_table())},
 )
 def selections(
     context: dg.AssetExecutionContext,

@@ -14,6 +14,7 @@ import polars as pl
 from dselect_assets.assets import checks
 from dselect_assets.assets.common import record_run, register_artifact
 from dselect_assets.assets.plots import png_markdown
+from dselect_assets.assets.scoring import resource_key
 from dselect_assets.assets.selection import (
     DEFAULT_SAMPLERS,
     FULL_DATA_KEY,
@@ -24,12 +25,12 @@ from dselect_assets.assets.selection import (
     selection_key,
 )
 from dselect_assets.assets.shard_reader import texts_for
-from dselect_assets.core import lm_tokenizer, paper, report, train
+from dselect_assets.core import lm_tokenizer, report, train
 from dselect_assets.core.evaluate import perplexity, unigram_perplexity
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.tiny_lm import GPTConfig
-from dselect_assets.resources import DataPaths, DuckDBStore
+from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, PerplexityLMResource
 
 # What the default run trains: the paper's headline comparison at 20%, every configuration
 # with several seeds so that a difference can be told from seed noise.
@@ -288,7 +289,8 @@ def eval_metrics(context: dg.AssetExecutionContext, store: DuckDBStore, paths: D
     "relative to random at the same rate.",
 )
 def comparison_report(
-    context: dg.AssetExecutionContext, config: TrainingConfig, store: DuckDBStore, paths: DataPaths
+    context: dg.AssetExecutionContext, config: TrainingConfig, store: DuckDBStore, paths: DataPaths,
+    judge: AskLLMJudgeResource, perplexity_lm: PerplexityLMResource,
 ) -> dg.MaterializeResult:
     """Only checkpoints of the current selections, training config and tokenizer are compared;
     older ones are listed as stale, never mixed in."""
@@ -322,7 +324,7 @@ def comparison_report(
     notes = [
         "Training data per selection (same token budget for all): "
         + "; ".join(f"{k}: {d} documents, {e:.1f} epochs" for k, (d, e) in sorted(epochs.items()) if e is not None),
-        *score_agreement(store),
+        *score_agreement(store, resource_key("ask_llm", judge), resource_key("perplexity", perplexity_lm)),
     ]
     if stale:
         notes.append(f"Left out as stale (trained on an older selection, config or tokenizer): {', '.join(stale)}.")
@@ -342,17 +344,17 @@ def comparison_report(
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(report_sha))
 
 
-def score_agreement(store: DuckDBStore) -> list[str]:
-    """Kendall tau between Ask-LLM and perplexity scores over the corpus (the paper finds about 0)."""
+def score_agreement(store: DuckDBStore, ask_llm_resource: str, perplexity_resource: str) -> list[str]:
+    """Kendall tau between the configured judge's and LM's scores over the corpus (the paper finds
+    about 0); the producers are those the configured resources registered, never "the newest"."""
     from scipy.stats import kendalltau
 
     rows = store.query(
-        "WITH newest AS (SELECT kind, arg_max(producer_id, created_at) AS producer_id FROM producers"
-        "  WHERE kind IN ('ask_llm', 'perplexity') GROUP BY kind)"
-        " SELECT a.value, p.value FROM scores a JOIN scores p USING (content_hash)"
-        " WHERE a.producer_id = (SELECT producer_id FROM newest WHERE kind = 'ask_llm')"
-        "  AND p.producer_id = (SELECT producer_id FROM newest WHERE kind = 'perplexity')"
-        "  AND a.value IS NOT NULL AND p.value IS NOT NULL"
+        "SELECT a.value, p.value FROM scores a JOIN scores p USING (content_hash)"
+        " WHERE a.producer_id = (SELECT producer_id FROM resource_producers WHERE resource = ?)"
+        "  AND p.producer_id = (SELECT producer_id FROM resource_producers WHERE resource = ?)"
+        "  AND a.value IS NOT NULL AND p.value IS NOT NULL",
+        [ask_llm_resource, perplexity_resource],
     )
     if len(rows) < 3:
         return []

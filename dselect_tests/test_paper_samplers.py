@@ -1,6 +1,8 @@
 """The paper's 19 configurations as selection partitions, what happens when a stand-in's model is
 missing, the `dselect run` profiles' plans, and the tiny-LM checkpoints the perplexity filter reads."""
 
+import json
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -207,3 +209,41 @@ def test_the_report_names_each_stand_in_and_the_full_data_against_unigram(tmp_pa
     assert "| ask_llm_qwen15b | Ask-LLM, Flan-T5-Large; Ask-LLM, Flan-T5-XL; Ask-LLM, Flan-T5-XXL | " \
         "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) in its chat template |" in markdown
     assert "high_quality: full data 450.0 vs unigram 900.0, ratio 0.50 (3 run(s))" in markdown
+
+
+@pytest.mark.heavy
+def test_the_perplexity_filter_over_a_tiny_lm_checkpoint_end_to_end(workspace, resources, instance):
+    from dselect_assets.assets import corpus, tiny_lm_scores
+
+    words = ("the", "river", "flows", "north", "past", "old", "mills", "and", "green", "fields", "where")
+    lines = [json.dumps({"id": f"d{i}", "text": f"Note {i}: " + " ".join(words[(i * 7 + j * (1 + i % 3)) % len(words)]
+                                                                 for j in range(30)) + "."}) for i in range(200)]
+    (workspace[1] / "s.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    instance.add_dynamic_partitions("shards", ["s.jsonl"])
+    run = lambda assets, **kw: dg.materialize(assets, instance=instance, resources=resources, **kw)  # noqa: E731
+    run([corpus.documents], partition_key="s.jsonl")
+    run([selection.eval_sets], run_config={"ops": {"eval_sets": {"config": {"validation_fraction": 0.1}}}})
+    run([training.lm_tokenizer_file], run_config={"ops": {"lm_tokenizer_file": {"config": {"vocab_size": 300}}}})
+    budget = {"token_budget": 50 * 4 * 128, "batch_size": 4}
+    steps = run([tiny_lm_scores.tiny_lm_step_checkpoints],
+                run_config={"ops": {"tiny_lm_step_checkpoints": {"config": budget}}})
+    assert steps.asset_materializations_for_node("tiny_lm_step_checkpoints")[0].metadata["steps"].value == {
+        "2%": 1, "10%": 5, "30%": 15, "50%": 25, "70%": 35}
+    scores = tiny_lm_scores.SCORE_ASSETS["perplexity_tiny_lm_30pct"]
+    run([scores], partition_key="s.jsonl", run_config={"ops": {scores.key.path[-1]: {"config": budget}}})
+
+    key = "perplexity_tiny_lm_30pct@0.20"
+    (event,) = run([selection.selections], partition_key=selection.selection_partition(key)) \
+        .asset_materializations_for_node("selections")
+    store = resources["store"]
+    (producers,) = store.query("SELECT producer_ids_json FROM selections WHERE selection_key = ?", [key])[0]
+    producer = json.loads(producers)["perplexity"]
+    assert producer == store.query("SELECT producer_id FROM resource_producers WHERE resource = ?",
+                                   [paper.tiny_lm_resource(0.30)])[0][0]
+    # the filter kept the documents this checkpoint finds most likely
+    kept = {r[0] for r in store.query(
+        "SELECT content_hash FROM selection_members WHERE selection_id = ?", [event.metadata["selection_id"].value])}
+    nll = dict(store.query("SELECT s.content_hash, s.value FROM scores s JOIN contents c USING (content_hash)"
+                           " WHERE s.producer_id = ? AND c.content_hash NOT IN (SELECT content_hash FROM eval_documents)",
+                           [producer]))
+    assert max(nll[h] for h in kept) <= min(v for h, v in nll.items() if h not in kept)

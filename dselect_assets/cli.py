@@ -70,8 +70,9 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_pipeline(stages: list[str] | None = None, workers: int = 1) -> None:
-    """Every stage in order; a stage's partitions run `workers` at a time, each in its own process.
+def run_pipeline(stages: list[str] | None = None, workers: int = 1, profile: str = "default") -> None:
+    """Every stage of the profile in order; a stage's partitions run `workers` at a time, each in
+    its own process. Configurations the profile cannot run here are named, with why, first.
 
     DuckDB writes from the workers never collide: each is one short transaction retried while
     another process holds the file (core/store.py).
@@ -82,8 +83,11 @@ def run_pipeline(stages: list[str] | None = None, workers: int = 1) -> None:
     import dagster as dg
 
     from dselect_assets.assets.corpus import list_shards
-    from dselect_assets.definitions import PIPELINE_STAGES
+    from dselect_assets.definitions import PROFILES
 
+    plan = PROFILES[profile]()
+    for reason in plan.skipped:
+        print(f"dselect: {reason}", flush=True)
     dagster_home()
     with dg.DagsterInstance.get() as instance:
         shard_keys = list(list_shards(DataPaths().corpus))
@@ -92,7 +96,7 @@ def run_pipeline(stages: list[str] | None = None, workers: int = 1) -> None:
         )
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-        for stage in PIPELINE_STAGES:
+        for stage in plan.stages:
             if stages and stage.job_name not in stages:
                 continue
             keys = stage.partition_keys(shard_keys)
@@ -133,15 +137,20 @@ def export_command(args) -> None:
     import dagster as dg
 
     from dselect_assets.assets.exports import selection_exports
-    from dselect_assets.assets.selection import selection_partitions
+    from dselect_assets.assets.selection import runnable_reason, selection_partition
     from dselect_assets.resources import DuckDBStore
 
-    if args.selection not in selection_partitions.get_partition_keys():
-        sys.exit(f"dselect: unknown selection {args.selection!r}; one of {selection_partitions.get_partition_keys()}")
+    try:
+        partition = selection_partition(args.selection)
+    except ValueError as exc:
+        sys.exit(f"dselect: {exc}")
+    reason = runnable_reason(args.selection)
+    if reason:
+        sys.exit(f"dselect: {reason}")
     dagster_home()
     config = {"format": args.format, "max_bytes_per_file": args.max_bytes, "out_dir": args.out}
     result = dg.materialize(
-        [selection_exports], partition_key=args.selection, instance=dg.DagsterInstance.get(),
+        [selection_exports], partition_key=partition, instance=dg.DagsterInstance.get(),
         resources={"paths": DataPaths(), "store": DuckDBStore()},
         run_config={"ops": {"selection_exports": {"config": config}}}, raise_on_error=False,
     )
@@ -158,6 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="build the default corpus if needed, then materialize every stage")
     run.add_argument("--stage", action="append", help="only these jobs (repeatable), e.g. shard_job")
+    run.add_argument("--profile", default="default", choices=["default", "paper"],
+                     help="default: every default selection, six samplers and the full data trained at 20%% with "
+                     "3 seeds; paper: the paper's 19 configurations as the stand-ins installed here, at its five "
+                     "rates, 3 seeds each (long)")
     run.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                      help="partitions run at once, one process and one core each (default: up to 2)")
     sub.add_parser("corpus", help="build the default corpus if the corpus directory is empty")
@@ -171,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     ensure_default_corpus()
     if args.command == "run":
         started = time.monotonic()
-        run_pipeline(args.stage, max(1, args.workers))
+        run_pipeline(args.stage, max(1, args.workers), args.profile)
         print(f"dselect: pipeline finished in {time.monotonic() - started:.0f}s")
 
 

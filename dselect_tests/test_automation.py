@@ -4,8 +4,8 @@ import datetime
 
 import dagster as dg
 
-from dselect_assets.assets.selection import selection_partitions
-from dselect_assets.definitions import defs
+from dselect_assets.assets.selection import selection_partition, selection_partitions
+from dselect_assets.definitions import DEFAULT_SELECTION_KEYS, defs
 
 SHARD_ASSETS = ["documents", "embeddings", "ask_llm_scores", "perplexity_scores", "density_sketch"]
 
@@ -63,7 +63,7 @@ def test_reselect_schedule_requests_every_selection_once_per_tick(instance):
     when = datetime.datetime(2026, 11, 25, 3, 0, tzinfo=datetime.timezone.utc)
     requests = schedule.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def())).run_requests
     keys = [r.partition_key for r in requests]
-    assert sorted(keys) == sorted(selection_partitions.get_partition_keys())
+    assert sorted(keys) == sorted(selection_partition(k) for k in DEFAULT_SELECTION_KEYS)
     assert len({r.run_key for r in requests}) == len(requests)
     later = schedule.evaluate_tick(dg.build_schedule_context(
         instance=instance, scheduled_execution_time=when + datetime.timedelta(days=1),

@@ -12,7 +12,7 @@ import pytest
 
 from dselect_assets.assets.corpus import documents
 from dselect_assets.assets.exports import selection_exports
-from dselect_assets.assets.selection import FULL_DATA_KEY, eval_sets, selections
+from dselect_assets.assets.selection import FULL_DATA_KEY, FULL_DATA_PARTITION, eval_sets, selections
 from dselect_assets.cli import main as cli_main
 from dselect_assets.core.export import ExportError, read_export, write_export
 from dselect_assets.core.ingest import read_shard
@@ -46,7 +46,7 @@ def selected(workspace, resources, instance):
         assert dg.materialize([documents], partition_key=shard, instance=instance, resources=resources,
                               run_config={"ops": {"documents": {"config": config}}}).success
     assert dg.materialize([eval_sets], instance=instance, resources=resources).success
-    assert dg.materialize([selections], partition_key=FULL_DATA_KEY, instance=instance, resources=resources).success
+    assert dg.materialize([selections], partition_key=FULL_DATA_PARTITION, instance=instance, resources=resources).success
     expected = {r["url"]: {"text": r["text"], "source": "c4-train.00000-of-01024.json.gz",
                            "carried": {"url": r["url"], "timestamp": r["timestamp"]}} for r in c4}
     expected |= {r["id"]: {"text": r["text"], "source": "fineweb-000.parquet",
@@ -55,7 +55,7 @@ def selected(workspace, resources, instance):
 
 
 def export(instance, resources, config, raise_on_error=True):
-    return dg.materialize([selection_exports], partition_key=FULL_DATA_KEY, instance=instance,
+    return dg.materialize([selection_exports], partition_key=FULL_DATA_PARTITION, instance=instance,
                           resources=resources, run_config={"ops": {"selection_exports": {"config": config}}},
                           raise_on_error=raise_on_error)
 

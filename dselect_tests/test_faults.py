@@ -41,7 +41,8 @@ assets = {"documents": corpus.documents, "density": density.density, "selections
 with dg.DagsterInstance.ephemeral() as instance:
     if asset == "documents":
         instance.add_dynamic_partitions("shards", [partition])
-    dg.materialize([assets[asset]], partition_key=partition or None, instance=instance, resources=resources)
+    key = selection.selection_partition(partition) if asset == "selections" else partition or None
+    dg.materialize([assets[asset]], partition_key=key, instance=instance, resources=resources)
 """
 
 
@@ -178,7 +179,8 @@ def test_kill_during_a_selections_export_then_rerun(tmp_path, instance):
         pl.read_parquet(path)
     assert store.query("SELECT count(*) FROM selections") == [(0,)]
 
-    result = dg.materialize([selection.selections], partition_key=key, instance=instance, resources=resources)
+    result = dg.materialize([selection.selections], partition_key=selection.selection_partition(key),
+                            instance=instance, resources=resources)
     assert result.success
     ((path, n_kept, n_considered),) = store.query("SELECT export_path, n_kept, n_considered FROM selections")
     assert pl.read_parquet(path).height == n_kept == round(0.6 * n_considered)

@@ -41,7 +41,8 @@ def run_corpus_stage(instance, resources):
 
 
 def select(instance, resources, key):
-    return dg.materialize([selection.selections], partition_key=key, instance=instance, resources=resources)
+    return dg.materialize([selection.selections], partition_key=selection.selection_partition(key), instance=instance,
+                          resources=resources)
 
 
 def count(resources, sql, params=None):
@@ -103,7 +104,7 @@ def test_pipeline_end_to_end_and_growth(source, tmp_path, instance):
         for seed in ("0", "1"):
             trained = dg.materialize(
                 [training.checkpoints, training.eval_metrics],
-                partition_key=dg.MultiPartitionKey({"selection": key, "seed": seed}), instance=instance,
+                partition_key=training.training_partition(key, seed), instance=instance,
                 resources=resources, run_config={"ops": {"checkpoints": train_config["checkpoints"]}},
                 raise_on_error=False,
             )

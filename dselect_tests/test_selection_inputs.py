@@ -39,7 +39,8 @@ def test_unscorable_documents_are_left_out_and_counted(workspace, resources, ins
                         [h, f"{kind}:test-scorer", value, value, "too short" if value is None else None])
 
     producer_config = {f"{kind}_producer": f"{kind}:test-scorer"}
-    result = dg.materialize([selection.selections], partition_key=key, instance=instance, resources=resources,
+    result = dg.materialize([selection.selections], partition_key=selection.selection_partition(key),
+                            instance=instance, resources=resources,
                             run_config={"ops": {"selections": {"config": producer_config}}})
 
     (event,) = result.asset_materializations_for_node("selections")

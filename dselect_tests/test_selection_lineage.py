@@ -39,7 +39,7 @@ def test_switching_judges_back_and_forth_reads_the_configured_one(workspace, res
     assert score_with(JUDGE_A) == producer_a  # back to A: served from the cache, B was scored last
 
     def select_with(judge):
-        result = dg.materialize([selection.selections], partition_key="ask_llm_topk@0.40", instance=instance,
+        result = dg.materialize([selection.selections], partition_key=selection.selection_partition("ask_llm_topk@0.40"), instance=instance,
                                 resources={**resources, "judge": judge})
         meta = result.asset_materializations_for_node("selections")[0].metadata
         return meta["producers"].value["ask_llm"], meta["export"].value
@@ -52,7 +52,7 @@ def test_switching_judges_back_and_forth_reads_the_configured_one(workspace, res
 
     for column in ("value", "value_norm"):  # whichever Ask-LLM value the selection ranks by
         config = {"ops": {"selections": {"config": {"ask_llm_value": column}}}}
-        result = dg.materialize([selection.selections], partition_key="ask_llm_topk@0.40", instance=instance,
+        result = dg.materialize([selection.selections], partition_key=selection.selection_partition("ask_llm_topk@0.40"), instance=instance,
                                 resources={**resources, "judge": JUDGE_A}, run_config=config)
         export = pl.read_parquet(result.asset_materializations_for_node("selections")[0].metadata["export"].value)
         ranked = dict(resources["store"].query(f"SELECT content_hash, {column} FROM scores WHERE producer_id = ?",

@@ -15,7 +15,7 @@ BUDGET = {"token_budget": 40 * 8 * 128, "batch_size": 8}
 
 
 def key(selection_key, seed=0):
-    return dg.MultiPartitionKey({"selection": selection_key, "seed": str(seed)})
+    return training.training_partition(selection_key, seed)
 
 
 def test_eval_and_report_never_mix_runs(workspace, resources, instance):
@@ -30,7 +30,7 @@ def test_eval_and_report_never_mix_runs(workspace, resources, instance):
     run([corpus.documents], partition_key="s.jsonl")
     run([selection.eval_sets], run_config={"ops": {"eval_sets": {"config": {"validation_fraction": 0.2}}}})
     run([training.lm_tokenizer_file], run_config={"ops": {"lm_tokenizer_file": {"config": {"vocab_size": 400}}}})
-    run([selection.selections], partition_key=selection.FULL_DATA_KEY)
+    run([selection.selections], partition_key=selection.FULL_DATA_PARTITION)
     train_cfg = {"ops": {"checkpoints": {"config": BUDGET}}}
     run([training.checkpoints, training.eval_metrics], partition_key=key(selection.FULL_DATA_KEY), run_config=train_cfg)
     store = resources["store"]
@@ -38,7 +38,7 @@ def test_eval_and_report_never_mix_runs(workspace, resources, instance):
 
     # Later: a new tokenizer and a new selection for the same key.
     run([training.lm_tokenizer_file], run_config={"ops": {"lm_tokenizer_file": {"config": {"vocab_size": 300}}}})
-    run([selection.selections], partition_key=selection.FULL_DATA_KEY,
+    run([selection.selections], partition_key=selection.FULL_DATA_PARTITION,
         run_config={"ops": {"selections": {"config": {"seed": 1}}}})
     assert len(store.query("SELECT path FROM artifacts WHERE kind = 'tokenizer'")) == 2  # the old one kept
 

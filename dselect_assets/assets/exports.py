@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pydantic
 
 from dselect_assets.assets.common import markdown_table, record_run, register_artifact
-from dselect_assets.assets.selection import selection_partitions
+from dselect_assets.assets.selection import partition_selection_key, selection_partitions
 from dselect_assets.core.export import (
     DEFAULT_MAX_BYTES_PER_FILE,
     EXPORT_FORMATS,
@@ -132,7 +132,7 @@ def export_dir(config: ExportConfig, paths: DataPaths, key: str) -> Path:
 def selection_exports(
     context: dg.AssetExecutionContext, config: ExportConfig, store: DuckDBStore, paths: DataPaths
 ) -> dg.MaterializeResult:
-    key = context.partition_key
+    key = partition_selection_key(context.partition_key)
     out_dir = export_dir(config, paths, key)
     try:
         manifest = export_selection(store, paths, key, config.format, out_dir, config.max_bytes_per_file)

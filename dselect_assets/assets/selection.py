@@ -14,11 +14,11 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from dselect_assets.assets import checks, distill
+from dselect_assets.assets import checks, distill, paper_scores
 from dselect_assets.assets.common import eager_after_checks, markdown_table, record_run, register_artifact, write_atomically
 from dselect_assets.assets.scoring import resource_key
 from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, texts_for
-from dselect_assets.core import samplers
+from dselect_assets.core import paper, report, samplers
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.ingest import Document, read_shard
@@ -44,11 +44,18 @@ DEFAULT_SAMPLERS = [
     "ask_llm_distilled_density",
 ]
 DEFAULT_RATES = [0.1, 0.2, 0.4, 0.6, 0.8]
+FULL_SAMPLER = "full"
+FULL_RATE = 1.0
 FULL_DATA_KEY = "full@1.00"
 SELECTION_VERSION = "1"
+# Every sampler value of the partitions: the default samplers, the paper's stand-ins not among
+# them (core/paper.py), and the full data.
+SAMPLER_VALUES = [*DEFAULT_SAMPLERS, *(s.name for s in paper.STAND_INS if s.name not in DEFAULT_SAMPLERS),
+                  FULL_SAMPLER]
 
 
 def selection_key(sampler: str, rate: float) -> str:
+    """The name a selection is recorded, exported and trained under, e.g. density@0.20."""
     return f"{sampler}@{rate:.2f}"
 
 
@@ -57,9 +64,63 @@ def parse_selection_key(key: str) -> tuple[str, float]:
     return sampler, float(rate)
 
 
-selection_partitions = dg.StaticPartitionsDefinition(
-    [selection_key(s, r) for s in DEFAULT_SAMPLERS for r in DEFAULT_RATES] + [FULL_DATA_KEY]
-)
+# Dagster crosses the two dimensions: the full data exists only at rate 1.00 and every other
+# sampler only below it; `selection_target` refuses the other cells.
+sampler_dimension = dg.StaticPartitionsDefinition(SAMPLER_VALUES)
+RATE_VALUES = [*DEFAULT_RATES, FULL_RATE]
+selection_partitions = dg.MultiPartitionsDefinition({
+    "sampler": sampler_dimension,
+    "rate": dg.StaticPartitionsDefinition([f"{r:.2f}" for r in RATE_VALUES]),
+})
+
+
+def selection_partition(key: str) -> dg.MultiPartitionKey:
+    """The partition of a selection key: density@0.20 -> sampler=density, rate=0.20; ValueError
+    naming the key when it is no partition."""
+    try:
+        sampler, rate = parse_selection_key(key)
+    except ValueError:
+        sampler, rate = "", -1.0
+    if sampler not in SAMPLER_VALUES or rate not in RATE_VALUES:
+        raise ValueError(f"unknown selection {key!r}: SAMPLER@RATE with a sampler of {SAMPLER_VALUES} and a rate "
+                         f"of {[f'{r:.2f}' for r in RATE_VALUES]}")
+    return dg.MultiPartitionKey({"sampler": sampler, "rate": f"{rate:.2f}"})
+
+
+def partition_selection_key(partition_key: str) -> str:
+    """The selection key of a partition (a MultiPartitionKey or its "rate|sampler" string)."""
+    keys = selection_partitions.get_partition_key_from_str(str(partition_key)).keys_by_dimension
+    return selection_key(keys["sampler"], float(keys["rate"]))
+
+
+FULL_DATA_PARTITION = selection_partition(FULL_DATA_KEY)
+
+
+def runnable_reason(key: str) -> str | None:
+    """Why the selection `key` cannot be made on this machine (a cell of the cross product that is
+    no selection, or a stand-in whose model is not installed), None when it can."""
+    sampler, rate = parse_selection_key(key)
+    if (sampler == FULL_SAMPLER) != (rate == FULL_RATE):
+        return (f"{key} is no selection: the full data is {FULL_DATA_KEY} and every sampler runs below rate "
+                f"{FULL_RATE:.2f}")
+    return paper.unavailable_reason(sampler)
+
+
+def sampler_table() -> str:
+    """Every sampler value, the paper configurations it stands in for and what runs here."""
+    return markdown_table(["sampler", "paper configuration(s)", "local stand-in"],
+                          report.stand_in_rows([s for s in SAMPLER_VALUES if s != FULL_SAMPLER]))
+
+
+def selection_target(key: str, sources: "ScoreSources") -> tuple[str, float, "ScoreSources"]:
+    """The sampler and rate of a selection key and the scorers it reads: the configured ones,
+    or for a paper stand-in the model that stands in (assets/paper_scores.py)."""
+    reason = runnable_reason(key)
+    if reason:
+        raise dg.Failure(f"selection {key}: {reason}")
+    sampler, rate = parse_selection_key(key)
+    return sampler, rate, paper_scores.stand_in_sources(sampler, sources)
+
 
 # ------------------------------------------------------------------ eval sets
 
@@ -301,6 +362,7 @@ def export_frame(store: DuckDBStore, kept: list[str], producers: dict[str, str],
     ],
     description="The documents a sampler keeps at a rate, with full lineage and a Parquet export "
     "(id, content_hash, text, scores) that polars and Hugging Face datasets read as is.",
+    metadata={"samplers": dg.MetadataValue.md(sampler_table())},
 )
 def selections(
     context: dg.AssetExecutionContext,
@@ -311,11 +373,11 @@ def selections(
     perplexity_lm: PerplexityLMResource,
     embedder: EmbedderResource,
 ) -> dg.MaterializeResult:
-    key = context.partition_key
+    key = partition_selection_key(context.partition_key)
     # Named by their settings only: no model is loaded to select.
     sources = ScoreSources(resource_key("ask_llm", judge), resource_key("perplexity", perplexity_lm),
                            resource_key("embedding", embedder))
-    sampler, rate = parse_selection_key(key)
+    sampler, rate, sources = selection_target(key, sources)
     held_out = eval_hashes(store)
     if not held_out:
         raise dg.Failure("no evaluation sets recorded; materialize eval_sets first so they can be held out")

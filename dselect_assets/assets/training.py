@@ -5,6 +5,7 @@ five times as many epochs as the full data: the paper's setting, scaled down.
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -13,13 +14,15 @@ import polars as pl
 from dselect_assets.assets import checks
 from dselect_assets.assets.common import record_run, register_artifact
 from dselect_assets.assets.plots import png_markdown
+from dselect_assets.assets.scoring import resource_key
 from dselect_assets.assets.selection import (
     DEFAULT_SAMPLERS,
     FULL_DATA_KEY,
+    RATE_VALUES,
     eval_hashes,
     parse_selection_key,
+    sampler_dimension,
     selection_key,
-    selection_partitions,
 )
 from dselect_assets.assets.shard_reader import texts_for
 from dselect_assets.core import lm_tokenizer, report, train
@@ -27,7 +30,7 @@ from dselect_assets.core.evaluate import perplexity, unigram_perplexity
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.tiny_lm import GPTConfig
-from dselect_assets.resources import DataPaths, DuckDBStore
+from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, PerplexityLMResource
 
 # What the default run trains: the paper's headline comparison at 20%, every configuration
 # with several seeds so that a difference can be told from seed noise.
@@ -37,22 +40,54 @@ TRAINING_RATES = [0.2]
 TRAINING_SEEDS = ["0", "1", "2"]
 # Bump when a change to this module or to the training/eval code changes the results.
 TRAINING_VERSION = "2"
-# Any selection can be trained from the UI; `dselect run` trains the default ones (DEFAULT_TRAINING_KEYS).
+
+
+def run_key(rate: float, seed: int | str) -> str:
+    return f"{rate:.2f}@seed{seed}"
+
+
+# Dagster allows two dimensions, so a checkpoint is (sampler, rate x seed): the sampler
+# dimension is the selections' own and "run" names the rate and the seed. Each checkpoint then
+# maps onto exactly its selection (same sampler, its run's rate), a mapping Dagster tracks.
+# Any selection can be trained from the UI; `dselect run` trains those of its profile.
 training_partitions = dg.MultiPartitionsDefinition({
-    "selection": selection_partitions,
-    "seed": dg.StaticPartitionsDefinition(TRAINING_SEEDS),
+    "sampler": sampler_dimension,
+    "run": dg.StaticPartitionsDefinition([run_key(r, s) for r in RATE_VALUES for s in TRAINING_SEEDS]),
 })
-DEFAULT_TRAINING_KEYS = [
-    dg.MultiPartitionKey({"selection": key, "seed": seed})
-    for key in [selection_key(s, r) for s in TRAINED_SAMPLERS for r in TRAINING_RATES] + [FULL_DATA_KEY]
-    for seed in TRAINING_SEEDS
-]
-its_selection = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="selection")
+with warnings.catch_warnings():  # MultiPartitionMapping is marked beta in Dagster 1.13
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    its_selection = dg.MultiPartitionMapping({
+        "sampler": dg.DimensionPartitionMapping("sampler", dg.IdentityPartitionMapping()),
+        "rate": dg.DimensionPartitionMapping("run", dg.StaticPartitionMapping(
+            {f"{r:.2f}": [run_key(r, s) for s in TRAINING_SEEDS] for r in RATE_VALUES})),
+    })
+
+
+def training_partition(key: str, seed: int | str) -> dg.MultiPartitionKey:
+    """The checkpoint partition of (selection key, seed)."""
+    sampler, rate = parse_selection_key(key)
+    return dg.MultiPartitionKey({"sampler": sampler, "run": run_key(rate, seed)})
+
+
+def training_keys(selection_keys: list[str]) -> list[dg.MultiPartitionKey]:
+    return [training_partition(key, seed) for key in selection_keys for seed in TRAINING_SEEDS]
+
+
+DEFAULT_TRAINING_KEYS = training_keys(
+    [selection_key(s, r) for s in TRAINED_SAMPLERS for r in TRAINING_RATES] + [FULL_DATA_KEY])
 
 
 def training_key(context: dg.AssetExecutionContext) -> tuple[str, int]:
+    """(selection key, seed) of a checkpoint partition."""
     keys = context.partition_key.keys_by_dimension
-    return keys["selection"], int(keys["seed"])
+    rate, seed = keys["run"].split("@seed")
+    return selection_key(keys["sampler"], float(rate)), int(seed)
+
+
+def selectable_hashes(store: DuckDBStore) -> list[str]:
+    """Every document a selection may keep (the eval sets held out), sorted by content hash."""
+    held_out = eval_hashes(store)
+    return sorted(r[0] for r in store.query("SELECT content_hash FROM contents") if r[0] not in held_out)
 
 
 class TokenizerConfig(dg.Config):
@@ -69,8 +104,7 @@ class TokenizerConfig(dg.Config):
 def lm_tokenizer_file(
     context: dg.AssetExecutionContext, config: TokenizerConfig, store: DuckDBStore, paths: DataPaths
 ) -> dg.MaterializeResult:
-    held_out = eval_hashes(store)
-    hashes = sorted(r[0] for r in store.query("SELECT content_hash FROM contents") if r[0] not in held_out)
+    hashes = selectable_hashes(store)
     texts = texts_for(store, hashes)["text"].to_list()
     tokenizer = lm_tokenizer.train_tokenizer(texts, vocab_size=config.vocab_size)
     # Content-addressed, never overwritten: a checkpoint keeps pointing at the tokenizer it used.
@@ -94,6 +128,15 @@ class TrainingConfig(dg.Config):
     batch_size: int = train.TrainConfig().batch_size
     learning_rate: float = train.TrainConfig().learning_rate
     checkpoint_every: int = train.TrainConfig().checkpoint_every
+
+    def train_config(self, vocab_size: int) -> train.TrainConfig:
+        return train.TrainConfig(
+            token_budget=self.token_budget,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            checkpoint_every=self.checkpoint_every,
+            model=GPTConfig(vocab_size=vocab_size),
+        )
 
 
 def current_selection(store: DuckDBStore, key: str) -> tuple[str, str]:
@@ -135,13 +178,7 @@ def checkpoints(
     tokenizer = lm_tokenizer.load_tokenizer(tok_path)
     texts = pl.read_parquet(export_path, columns=["text"])["text"].to_list()
     token_docs = lm_tokenizer.encode_documents(tokenizer, texts)
-    train_config = train.TrainConfig(
-        token_budget=config.token_budget,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        checkpoint_every=config.checkpoint_every,
-        model=GPTConfig(vocab_size=tokenizer.get_vocab_size()),
-    )
+    train_config = config.train_config(tokenizer.get_vocab_size())
     checkpoint_id = make_producer_id(
         "checkpoint", selection=selection_id, config=config.model_dump(), seed=seed,
         tokenizer=tok_sha, code=train.__name__ + "/1",
@@ -193,7 +230,7 @@ def checkpoint_lineage(store: DuckDBStore, key: str, seed: int) -> tuple[str, st
         [key, seed],
     )
     if not rows:
-        raise dg.Failure(f"no checkpoint for {key} seed {seed}; materialize checkpoints[{key}|{seed}] first")
+        raise dg.Failure(f"no checkpoint for {key} seed {seed}; materialize checkpoints[{training_partition(key, seed)}] first")
     checkpoint_id, model_dir, tok_path, export_path = rows[0]
     return checkpoint_id, model_dir, Path(tok_path), export_path
 
@@ -252,7 +289,8 @@ def eval_metrics(context: dg.AssetExecutionContext, store: DuckDBStore, paths: D
     "relative to random at the same rate.",
 )
 def comparison_report(
-    context: dg.AssetExecutionContext, config: TrainingConfig, store: DuckDBStore, paths: DataPaths
+    context: dg.AssetExecutionContext, config: TrainingConfig, store: DuckDBStore, paths: DataPaths,
+    judge: AskLLMJudgeResource, perplexity_lm: PerplexityLMResource,
 ) -> dg.MaterializeResult:
     """Only checkpoints of the current selections, training config and tokenizer are compared;
     older ones are listed as stale, never mixed in."""
@@ -263,7 +301,8 @@ def comparison_report(
         " newest AS (SELECT selection_key, seed, arg_max(checkpoint_id, created_at) AS checkpoint_id"
         "  FROM checkpoints GROUP BY selection_key, seed)"
         " SELECT c.selection_key, c.seed, c.checkpoint_id, m.eval_set, m.perplexity, c.epochs, c.documents,"
-        "  c.selection_id = cs.selection_id AND c.config_json = ? AND c.tokenizer_sha256 = ? AS is_current"
+        "  c.selection_id = cs.selection_id AND c.config_json = ? AND c.tokenizer_sha256 = ? AS is_current,"
+        "  m.unigram_perplexity"
         " FROM newest n JOIN checkpoints c USING (checkpoint_id) JOIN eval_metrics m USING (checkpoint_id)"
         " LEFT JOIN current_selection cs ON cs.selection_key = c.selection_key ORDER BY 1, 2, 4",
         [config_json, current_tokenizer(store)[1]],
@@ -272,19 +311,20 @@ def comparison_report(
     if not current:
         raise dg.Failure("no evaluated checkpoint of the current selections and training config yet; "
                          "materialize checkpoints and eval_metrics first")
-    stale = sorted({f"{key} seed {seed}" for key, seed, *_, is_current in rows if not is_current})
+    stale = sorted({f"{r[0]} seed {r[1]}" for r in rows if not r[7]})
     results = pl.DataFrame(
-        [(*parse_selection_key(k), seed, e, p) for k, seed, _, e, p, *_ in current],
-        schema={"sampler": pl.String, "rate": pl.Float64, "seed": pl.Int64, "eval_set": pl.String, "ppl": pl.Float64},
+        [(*parse_selection_key(k), seed, e, p, u) for k, seed, _, e, p, _, _, _, u in current],
+        schema={"sampler": pl.String, "rate": pl.Float64, "seed": pl.Int64, "eval_set": pl.String, "ppl": pl.Float64,
+                "unigram_ppl": pl.Float64},
         orient="row",
     )
     epochs = {}
-    for key, _, _, _, _, n_epochs, n_docs, _ in current:
+    for key, _, _, _, _, n_epochs, n_docs, _, _ in current:
         epochs.setdefault(key, (n_docs, n_epochs))
     notes = [
         "Training data per selection (same token budget for all): "
         + "; ".join(f"{k}: {d} documents, {e:.1f} epochs" for k, (d, e) in sorted(epochs.items()) if e is not None),
-        *score_agreement(store),
+        *score_agreement(store, resource_key("ask_llm", judge), resource_key("perplexity", perplexity_lm)),
     ]
     if stale:
         notes.append(f"Left out as stale (trained on an older selection, config or tokenizer): {', '.join(stale)}.")
@@ -304,17 +344,17 @@ def comparison_report(
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(report_sha))
 
 
-def score_agreement(store: DuckDBStore) -> list[str]:
-    """Kendall tau between Ask-LLM and perplexity scores over the corpus (the paper finds about 0)."""
+def score_agreement(store: DuckDBStore, ask_llm_resource: str, perplexity_resource: str) -> list[str]:
+    """Kendall tau between the configured judge's and LM's scores over the corpus (the paper finds
+    about 0); the producers are those the configured resources registered, never "the newest"."""
     from scipy.stats import kendalltau
 
     rows = store.query(
-        "WITH newest AS (SELECT kind, arg_max(producer_id, created_at) AS producer_id FROM producers"
-        "  WHERE kind IN ('ask_llm', 'perplexity') GROUP BY kind)"
-        " SELECT a.value, p.value FROM scores a JOIN scores p USING (content_hash)"
-        " WHERE a.producer_id = (SELECT producer_id FROM newest WHERE kind = 'ask_llm')"
-        "  AND p.producer_id = (SELECT producer_id FROM newest WHERE kind = 'perplexity')"
-        "  AND a.value IS NOT NULL AND p.value IS NOT NULL"
+        "SELECT a.value, p.value FROM scores a JOIN scores p USING (content_hash)"
+        " WHERE a.producer_id = (SELECT producer_id FROM resource_producers WHERE resource = ?)"
+        "  AND p.producer_id = (SELECT producer_id FROM resource_producers WHERE resource = ?)"
+        "  AND a.value IS NOT NULL AND p.value IS NOT NULL",
+        [ask_llm_resource, perplexity_resource],
     )
     if len(rows) < 3:
         return []

@@ -2,7 +2,9 @@
 paired differences from random that say whether they stand out from seed noise.
 
 Input: one row per (sampler, rate, seed, eval_set) perplexity, plus full-data rows with
-sampler="full", rate=1.0. `seed` is optional (missing: every row is seed 0).
+sampler="full", rate=1.0. `seed` is optional (missing: every row is seed 0); `unigram_ppl`
+(optional) is the add-one unigram baseline of the same checkpoint's training data, which the
+full-data runs are measured against (ratio well below 1: the LM learned within its budget).
 
 Per (sampler, rate, eval_set):
 
@@ -29,6 +31,8 @@ from pathlib import Path
 
 import polars as pl
 from scipy import stats
+
+from dselect_assets.core import paper
 
 FULL_SAMPLER = "full"
 RANDOM_SAMPLER = "random"
@@ -193,6 +197,26 @@ def _plot(summary: pl.DataFrame, full: dict, eval_set: str, path: Path) -> None:
     plt.close(fig)
 
 
+def full_vs_unigram(results: pl.DataFrame) -> list[str]:
+    """Per eval set, the full-data runs' mean perplexity over their unigram baseline's."""
+    if "unigram_ppl" not in results.columns:
+        return []
+    full = results.filter((pl.col("sampler") == FULL_SAMPLER) & pl.col("unigram_ppl").is_not_null())
+    rows = full.group_by("eval_set").agg(pl.col("ppl").mean(), pl.col("unigram_ppl").mean(), pl.len()).sort("eval_set")
+    return [f"- {r['eval_set']}: full data {r['ppl']:.1f} vs unigram {r['unigram_ppl']:.1f}, ratio "
+            f"{r['ppl'] / r['unigram_ppl']:.2f} ({r['len']} run(s))" for r in rows.iter_rows(named=True)]
+
+
+def stand_in_rows(samplers: list[str]) -> list[list[str]]:
+    """What each sampler of the report is: the paper configurations it stands in for, and what runs."""
+    rows = []
+    for sampler in _sampler_order(samplers):
+        stand_in = paper.STAND_IN_BY_NAME.get(sampler)
+        rows.append([sampler, "; ".join(stand_in.paper), stand_in.stand_in] if stand_in
+                    else [sampler, "not one of the paper's 19", "dselect's own sampler"])
+    return rows
+
+
 def findings(summary: pl.DataFrame) -> list[str]:
     """One sentence per comparison whose paired interval excludes zero, then what did not."""
     lines, unclear = [], []
@@ -218,6 +242,7 @@ def build_report(results: pl.DataFrame, out_dir: str | Path, title: str = "dsele
     full_rows = full_data(results)
     full = {r["eval_set"]: (r["ppl"], r["ppl_ci"]) for r in full_rows.iter_rows(named=True)}
     frame = _validate(results)
+    unigram = full_vs_unigram(results)
     eval_sets = sorted(set(frame["eval_set"].to_list()))
     seeds = sorted(set(frame["seed"].to_list()))
     by_key = {(r["sampler"], r["rate"], r["eval_set"]): r for r in summary.iter_rows(named=True)}
@@ -250,6 +275,10 @@ def build_report(results: pl.DataFrame, out_dir: str | Path, title: str = "dsele
             markdown_table(["sampler", "rate", "eval set", "Δ% vs random", "gap closed %", "verdict"], relative_rows),
             "## What stands out from seed noise",
             "\n".join(findings(summary)),
+            "## What each sampler is here",
+            markdown_table(["sampler", "paper configuration(s)", "local stand-in"],
+                           stand_in_rows([s for s in frame["sampler"].to_list() if s != FULL_SAMPLER])),
+            *(["## Full data against the unigram baseline", "\n".join(unigram)] if unigram else []),
             *(["## Notes", "\n".join(f"- {n}" for n in notes)] if notes else []),
         ]
     ) + "\n"

@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from dselect_assets.core import paper
+
 Sampler = Callable[["SamplerInputs", float, int], np.ndarray]
 
 
@@ -253,29 +255,27 @@ def semdedup_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarra
     return _top(-similarity, target_size(inputs.n, rate), _rng(seed))
 
 
-def prototypes_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
-    """SSL Prototypes: in each cluster keep the documents farthest from the centroid.
+def nearest_centroid_distance(inputs: SamplerInputs, block: int = 4096) -> np.ndarray:
+    """Each document's Euclidean distance to the nearest centroid of all clusters (not only its own:
+    centroids recomputed as cluster means need not be nearest to their members)."""
+    centroids = _cluster_centroids(inputs).astype(np.float64)
+    squared_norms = (centroids**2).sum(axis=1)
+    nearest = np.empty(inputs.n)
+    for start in range(0, inputs.n, block):
+        x = inputs.embeddings[start : start + block].astype(np.float64)
+        squared = (x**2).sum(axis=1, keepdims=True) - 2.0 * x @ centroids.T + squared_norms
+        nearest[start : start + block] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+    return nearest
 
-    Each cluster keeps its share rate * size (largest-remainder rounding, ties
-    at random) so the total is exactly round(rate * n); the most prototypical
-    (nearest-centroid) documents are dropped first.
+
+def prototypes_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
+    """SSL Prototypes (Sorscher et al. 2022): keep the documents farthest from their nearest centroid.
+
+    Ranked over the whole corpus, with no per-cluster quota, so a tight cluster of
+    prototypical documents may lose all of its members; ties at random.
     """
     inputs.need("prototypes", "embeddings", "clusters")
-    k = target_size(inputs.n, rate)
-    rng = _rng(seed)
-    centroids = _cluster_centroids(inputs)
-    to_centroid = np.linalg.norm(inputs.embeddings - centroids[inputs.clusters], axis=1)
-    sizes = np.bincount(inputs.clusters)
-    share = sizes * (k / inputs.n)
-    quota = np.floor(share).astype(np.int64)
-    remainder_order = np.lexsort((rng.random(sizes.shape[0]), -(share - quota)))
-    quota[remainder_order[: k - int(quota.sum())]] += 1
-    # rank inside each cluster by distance, farthest first
-    order = np.lexsort((rng.random(inputs.n), -to_centroid, inputs.clusters))
-    first_of_cluster = np.r_[0, np.cumsum(sizes)[:-1]]
-    rank = np.empty(inputs.n, dtype=np.int64)
-    rank[order] = np.arange(inputs.n) - first_of_cluster[inputs.clusters[order]]
-    return np.flatnonzero(rank < quota[inputs.clusters])
+    return _top(nearest_centroid_distance(inputs), target_size(inputs.n, rate), _rng(seed))
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -309,6 +309,12 @@ REQUIRED_INPUTS: dict[str, frozenset[str]] = {
     "ask_llm_distilled_density": frozenset({"quality", "density"}),
 }
 
+# The paper's configurations (core/paper.py) run as stand-ins: the same rule over another
+# model's scores, which the selection asset reads for them.
+for _stand_in in paper.STAND_INS:
+    SAMPLERS.setdefault(_stand_in.name, SAMPLERS[_stand_in.rule])
+    REQUIRED_INPUTS.setdefault(_stand_in.name, REQUIRED_INPUTS[_stand_in.rule])
+
 
 def select(name: str, inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
     """Run the registered sampler `name`."""
@@ -317,69 +323,3 @@ def select(name: str, inputs: SamplerInputs, rate: float, seed: int) -> np.ndarr
     except KeyError:
         raise ValueError(f"unknown sampler {name!r}; known: {', '.join(sorted(SAMPLERS))}") from None
     return sampler(inputs, rate, seed)
-
-
-# ------------------------------------------------------- the paper's 19 samplers
-
-
-@dataclass(frozen=True)
-class PaperSampler:
-    """One of the paper's 19 sampler configurations and what stands in for it here.
-
-    scorer_key: "<signal>:<model role>" naming the scores the sampler reads
-    (None for random). stand_in: the local model used instead of paper_model;
-    several paper models share one stand-in on this machine, which says so.
-    """
-
-    name: str
-    sampler: str
-    scorer_key: str | None
-    paper_model: str
-    stand_in: str
-
-
-# Stand-in labels are the ModelSpec names in core/models.py.
-_EMBEDDER = "embedding:all-minilm-l6-v2"
-_EMBEDDER_NOTE = "all-MiniLM-L6-v2 (384-d) instead of Sentence-T5-Base (768-d)"
-_SMALL_LM = "smollm2-135m-instruct-raw"  # SmolLM2-135M-Instruct scored as a plain LM (no chat template)
-_LARGE_LM = "gemma3-270m"  # Gemma 3 270M base
-_JUDGE = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct with its chat template
-_SHARED = ("; the only local LMs are SmolLM2-135M-Instruct and Gemma-3-270M base, "
-           "so several paper sizes share this stand-in")
-
-PAPER_SAMPLERS: list[PaperSampler] = [
-    PaperSampler("random", "random", None, "none", "none"),
-    PaperSampler("density", "density", _EMBEDDER, "Sentence-T5-Base + RACE sketch", _EMBEDDER_NOTE),
-    PaperSampler("semdedup", "semdedup", _EMBEDDER, "Sentence-T5-Base + k-means (10k clusters)",
-                 _EMBEDDER_NOTE + "; ~sqrt(n) clusters"),
-    PaperSampler("prototypes", "prototypes", _EMBEDDER, "Sentence-T5-Base + k-means (10k clusters)",
-                 _EMBEDDER_NOTE + "; ~sqrt(n) clusters"),
-    # Perplexity filter, 5 LM sizes: the two smaller map to the smaller local LM.
-    *[
-        PaperSampler(f"perplexity_t5{size.lower()}", "perplexity_filter", f"perplexity:{lm}", f"T5-{size}",
-                     lm + _SHARED)
-        for size, lm in [("Small", _SMALL_LM), ("Base", _SMALL_LM), ("Large", _LARGE_LM),
-                         ("XL", _LARGE_LM), ("XXL", _LARGE_LM)]
-    ],
-    # Perplexity filter, 5 checkpoints of T5-Large: no intermediate checkpoints
-    # of a local LM exist offline, so all five use the final weights. The
-    # method notes give only the range (20k..700k steps); the three middle
-    # step counts are placeholders for "evenly between".
-    *[
-        PaperSampler(f"perplexity_t5large_{step}", "perplexity_filter", f"perplexity:{_LARGE_LM}",
-                     f"T5-Large checkpoint at {step} steps"
-                     + ("" if step in ("20k", "700k") else " (placeholder step)"),
-                     _LARGE_LM + " final weights; no intermediate checkpoints exist offline, "
-                     "so all five checkpoints share this stand-in")
-        for step in ("20k", "100k", "300k", "500k", "700k")
-    ],
-    # Ask-LLM, 5 judge sizes: the instruction-tuned SmolLM2 for the two small
-    # Flan-T5s; Gemma 3 270M (larger, but a base model, prompted without a chat
-    # template) for the three large ones.
-    *[
-        PaperSampler(f"ask_llm_flant5{size.lower()}", "ask_llm_topk", f"ask_llm:{judge}", f"Flan-T5-{size}",
-                     judge + _SHARED)
-        for size, judge in [("Small", _JUDGE), ("Base", _JUDGE), ("Large", _LARGE_LM),
-                            ("XL", _LARGE_LM), ("XXL", _LARGE_LM)]
-    ],
-]

@@ -1,0 +1,129 @@
+"""Intermediate checkpoints of dselect's tiny LM, and per-document perplexity under one.
+
+The paper's perplexity filter also scores with T5-Large checkpoints from partway through
+its training run. Here the same LM the full-data selection trains is stopped at a few
+shares of its run (`train_lm(stop_at_step=...)` checkpoints and returns, and the next call
+resumes from there, so the weights at each stop are those of one uninterrupted run) and
+each stop's weights are kept as a model directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from dselect_assets.core import train
+from dselect_assets.core.hashing import file_sha256
+from dselect_assets.core.lm_tokenizer import encode_documents, end_of_text_id
+from dselect_assets.core.tiny_lm import WEIGHTS_FILE, TinyGPT, load_model, save_model
+
+CODE_VERSION = "checkpoint_lm/1"
+
+
+def checkpoint_steps(config: train.TrainConfig, fractions: Sequence[float]) -> list[int]:
+    """The step reached after each share of the run; strictly increasing, each below the last step."""
+    steps = [max(1, round(f * config.total_steps)) for f in fractions]
+    if any(not 0 < f < 1 for f in fractions) or steps != sorted(set(steps)) or steps[-1] >= config.total_steps:
+        raise ValueError(f"fractions {list(fractions)} give steps {steps} of {config.total_steps}; they must be "
+                         "distinct steps inside the run (a longer token budget separates them)")
+    return steps
+
+
+def step_dir(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / f"step-{step:06d}"
+
+
+def train_with_checkpoints(
+    token_docs: Sequence[np.ndarray], config: train.TrainConfig, out_dir: str | Path, seed: int,
+    fractions: Sequence[float],
+) -> list[Path]:
+    """Model directories of the LM after each share `fractions` of its run, in order.
+
+    Directories already written are reused; when one is missing the run starts over, since a
+    resume state past that step cannot go back to it.
+    """
+    out_dir = Path(out_dir)
+    steps = checkpoint_steps(config, fractions)
+    dirs = [step_dir(out_dir, s) for s in steps]
+    if all((d / WEIGHTS_FILE).is_file() for d in dirs):
+        return dirs
+    run_dir = out_dir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for step, target in zip(steps, dirs):
+        train.train_lm(token_docs, config, run_dir, seed=seed, resume=True, stop_at_step=step)
+        state = torch.load(run_dir / train.RESUME_STATE_FILE, map_location="cpu", weights_only=True)
+        if state["step"] != step:
+            raise RuntimeError(f"{run_dir}: resume state is at step {state['step']}, expected {step}")
+        model = TinyGPT(config.model)
+        model.load_state_dict(state["model"])
+        staged = target.with_name(target.name + ".partial")
+        shutil.rmtree(staged, ignore_errors=True)
+        save_model(model, staged)
+        shutil.rmtree(target, ignore_errors=True)
+        staged.replace(target)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return dirs
+
+
+@torch.inference_mode()
+def document_nll(model: TinyGPT, token_docs: Sequence[np.ndarray], start_token_id: int,
+                 batch_size: int = 64) -> np.ndarray:
+    """Mean next-token NLL (nats) of each document, read from an end-of-text token and cut to
+    the model's context; NaN for a document with no token to predict."""
+    context = model.config.context_length
+    device = next(model.parameters()).device
+    out = np.full(len(token_docs), np.nan)
+    rows = [np.concatenate([[start_token_id], np.asarray(d, dtype=np.int64).ravel()])[: context + 1]
+            for d in token_docs]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths pad less
+    for first in range(0, len(order), batch_size):
+        batch = [i for i in order[first : first + batch_size] if len(rows[i]) > 1]
+        if not batch:
+            continue
+        width = max(len(rows[i]) for i in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        targets = torch.full((len(batch), width - 1), -100, dtype=torch.long)
+        for j, i in enumerate(batch):
+            row = torch.from_numpy(rows[i])
+            ids[j, : len(row)] = row
+            targets[j, : len(row) - 1] = row[1:]
+        logits, _ = model(ids[:, :-1].to(device))
+        nll = F.cross_entropy(logits.float().transpose(1, 2), targets.to(device), reduction="none",
+                              ignore_index=-100)
+        counts = (targets != -100).sum(dim=1)
+        out[batch] = (nll.sum(dim=1).cpu() / counts).numpy()
+    return out
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """What the shared score body reports as the model's name."""
+
+    name: str
+
+
+class CheckpointPerplexityScorer:
+    """The perplexity-filter scorer over one intermediate checkpoint (the interface of
+    core/perplexity.PerplexityScorer: identity, spec.name, score(texts))."""
+
+    def __init__(self, model_dir: str | Path, tokenizer: Tokenizer, tokenizer_sha256: str, name: str):
+        self.model = load_model(model_dir)
+        self.tokenizer = tokenizer
+        self.spec = CheckpointSpec(name)
+        self.identity = {
+            "model": name,
+            "weights_sha256": file_sha256(Path(model_dir) / WEIGHTS_FILE),
+            "tokenizer_sha256": tokenizer_sha256,
+            "context_length": self.model.config.context_length,
+            "code": CODE_VERSION,
+        }
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        return document_nll(self.model, encode_documents(self.tokenizer, texts), end_of_text_id(self.tokenizer))

@@ -107,6 +107,16 @@ def test_map_padded_restores_order_skips_empty_and_duplicates():
     assert map_padded([], forward, batch_size=2, pad_id=0).shape == (0,)
 
 
+def test_map_padded_reports_progress_per_batch():
+    seqs = [[5, 1], [], [2, 2, 2, 2], [5, 1], [7], [3, 3, 3], [5, 1]]
+    calls: list[tuple[int, int, float]] = []
+    map_padded(seqs, lambda ids, mask: mask.sum(1).double(), batch_size=2, pad_id=0,
+               progress=lambda done, total, elapsed: calls.append((done, total, elapsed)))
+    # The empty row and two duplicates are done from the start; then 2 distinct rows per batch.
+    assert [(done, total) for done, total, _ in calls] == [(5, 7), (7, 7)]
+    assert 0 <= calls[0][2] <= calls[1][2]
+
+
 # --------------------------------------------------------------------------- embedder
 
 

@@ -37,6 +37,7 @@ from dselect_assets.core.models import (
     pick_device,
     resolve_dtype,
 )
+from dselect_assets.core.progress import Progress
 
 CODE_VERSION = "ask_llm/1"
 
@@ -247,8 +248,9 @@ class AskLLMJudge:
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, texts: Sequence[str]) -> np.ndarray:
-        """float64 [n, 2]: (P(yes), P(yes)/(P(yes)+P(no))); NaN rows for empty documents."""
+    def score(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        """float64 [n, 2]: (P(yes), P(yes)/(P(yes)+P(no))); NaN rows for empty documents.
+        `progress(done, total, elapsed)` is called after each batch (core/progress.py)."""
         if not texts:
             return np.full((0, 2), np.nan, dtype=np.float64)
         docs = self.doc_ids(texts)
@@ -263,6 +265,7 @@ class AskLLMJudge:
         return map_padded(
             seqs, lambda ids, mask: self._answer_probs(forward(ids, mask)),
             batch_size=self.batch_size, pad_id=self.pad_id, side=side, width=2, dedupe=self.skip_duplicates,
+            progress=progress,
         )
 
     def _answer_probs(self, logits: Any) -> np.ndarray:

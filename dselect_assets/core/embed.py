@@ -20,6 +20,7 @@ from dselect_assets.core.models import (
     model_identity,
     pick_device,
 )
+from dselect_assets.core.progress import Progress
 
 
 class SentenceEmbedder:
@@ -68,8 +69,9 @@ class SentenceEmbedder:
             }
         return self._identity
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 [len(texts), dim], rows of unit L2 norm, in the order given."""
+    def embed(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        """float32 [len(texts), dim], rows of unit L2 norm, in the order given.
+        `progress(done, total, elapsed)` is called after each batch (core/progress.py)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         encoded = self.tokenizer(
@@ -77,7 +79,7 @@ class SentenceEmbedder:
         )["input_ids"]
         return map_padded(encoded, self._pooled, batch_size=self.batch_size,
                           pad_id=self.tokenizer.pad_token_id or 0, side="right",
-                          width=self.dim, dtype=np.float32)
+                          width=self.dim, dtype=np.float32, progress=progress)
 
     def _pooled(self, ids: Any, mask: Any) -> Any:
         import torch

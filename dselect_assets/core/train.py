@@ -26,6 +26,7 @@ import torch
 import torch.utils.deterministic
 
 from dselect_assets.core.hashing import file_sha256
+from dselect_assets.core.progress import Progress
 from dselect_assets.core.tiny_lm import CONFIG_FILE, WEIGHTS_FILE, GPTConfig, TinyGPT, save_model
 
 RESUME_STATE_FILE = "resume_state.pt"
@@ -231,6 +232,7 @@ def train_lm(
     *,
     stop_at_step: int | None = None,
     num_threads: int | None = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Train a fresh TinyGPT on the packed `token_docs` for `config.token_budget` tokens.
 
@@ -239,6 +241,8 @@ def train_lm(
     With `resume`, a finished run in `out_dir` is returned as is and an unfinished
     one continues from its checkpoint. `stop_at_step` ends the run early after
     checkpointing (to simulate an interruption); the result then has completed=False.
+    `progress(done, total, elapsed)` is called after every step with the steps of this
+    invocation (a resumed run counts from its checkpoint), so done/elapsed is its rate.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -306,6 +310,8 @@ def train_lm(
             optimizer.step()
             pending.append(loss.detach())
             step += 1
+            if progress is not None:
+                progress(step - start_step, end_step - start_step, time.perf_counter() - started)
             if step % config.checkpoint_every == 0 or step == end_step:
                 losses.extend(torch.stack(pending).float().cpu().tolist())
                 pending.clear()

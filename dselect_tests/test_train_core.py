@@ -105,7 +105,8 @@ def test_tokenizer_is_deterministic_and_round_trips(corpus, tmp_path):
 
 
 def test_learning_rate_warms_up_then_decays_to_floor():
-    config = TrainConfig(token_budget=100 * 16 * 128, batch_size=16, warmup_fraction=0.1)
+    config = TrainConfig(token_budget=100 * 16 * 128, batch_size=16, warmup_fraction=0.1,
+                         model=GPTConfig(context_length=128))
     rates = [learning_rate_at(step, config) for step in range(config.total_steps)]
     assert rates[0] < rates[5] < rates[9] == pytest.approx(config.learning_rate)
     assert all(a >= b for a, b in zip(rates[9:], rates[10:]))

@@ -266,16 +266,17 @@ def main() -> None:
     timings = interleaved_best(args.repeats, len(docs), args.chunk, runs, progress=True)
     print(f"load_average_end: {load_figures()}", flush=True)
     tokens = sum(len(p) for p in prompts)
-    tps = {name: tokens / seconds for name, (_, seconds) in timings.items() if name != "nano"}
+    seconds = {name: spent for name, (_, spent) in timings.items() if name != "nano"}
     scores = {name: np.concatenate(chunks) for name, (chunks, _) in timings.items() if name != "nano"}
     if peer is not None:
         # The worker timed itself (no pipe or JSON in the figure); each chunk's best pass.
         peer_tokens = sum(json_reply["tokens"] for json_reply in timings["nano"][0])
-        peer_seconds = _peer_seconds(timings["nano"])
-        tps["nano"] = peer_tokens / peer_seconds
+        seconds["nano"] = _peer_seconds(timings["nano"])
         scores["nano"] = np.concatenate([np.array(r["scores"]) for r in timings["nano"][0]])
         peer.close()
+    tps = {name: (peer_tokens if name == "nano" else tokens) / spent for name, spent in seconds.items()}
     reference = scores["naive"]  # fp32, unbatched, full forward: the fp32 reference
+    _side_by_side(tps, {name: len(docs) / spent for name, spent in seconds.items()}, scores, labels, reference)
 
     print(f"naive_tokens_per_s: {tps['naive']:.1f}")
     if peer is not None:
@@ -296,6 +297,27 @@ def main() -> None:
         print(f"{name}_roc_auc: {roc_auc(scores[name], labels):.3f}")
     if args.levers:
         _duplicates_lever(judge, docs)
+
+
+def _side_by_side(tps: dict, dps: dict, scores: dict, labels: list[int], reference) -> None:
+    """One row per system: its own prompt tokens/s, the ratios to naive and to the peer,
+    documents/s (the peer's prompt differs in length from dselect's, so its tokens/s ratio
+    and its documents/s ratio differ), ROC-AUC on the labelled probe and Spearman against
+    the fp32 reference (left out for the peer, whose prompt is another one)."""
+    from scipy.stats import spearmanr
+
+    from dselect_assets.core.judge_eval import roc_auc
+
+    peer = tps.get("nano")
+    print(f"{'system':<28} {'tokens/s':>9} {'x naive':>8} {'x nano':>7} {'docs/s':>7} {'x nano':>7} "
+          f"{'ROC-AUC':>8} {'Spearman fp32':>14}")
+    for name in sorted(tps, key=lambda n: ("naive", "nano", "dselect", n).index(n)):
+        rate = tps[name]
+        versus_peer = f"{rate / peer:.2f}" if peer else "-"
+        docs_versus_peer = f"{dps[name] / dps['nano']:.2f}" if peer else "-"
+        rho = "-" if name == "nano" else f"{spearmanr(scores[name], reference).statistic:.4f}"
+        print(f"{name:<28} {rate:>9.1f} {rate / tps['naive']:>8.2f} {versus_peer:>7} {dps[name]:>7.2f} "
+              f"{docs_versus_peer:>7} {roc_auc(scores[name], labels):>8.3f} {rho:>14}")
 
 
 def _peer_seconds(entry) -> float:

@@ -160,7 +160,9 @@ class PerplexityLMResource(dg.ConfigurableResource):
     """The language model whose per-document perplexity the perplexity filter uses."""
 
     model_path: str = ""
-    max_tokens: int = 128
+    # 64 tokens: 2.6x faster than 128 with the same ROC AUC of -NLL on the labelled probe
+    # (0.655 [0.58, 0.72] vs 0.663 [0.59, 0.74], 200 documents) and Spearman 0.92 with it.
+    max_tokens: int = 64
     batch_size: int = 8
 
     def load(self):

@@ -90,10 +90,10 @@ class DuckDBStore(dg.ConfigurableResource):
 
 
 @functools.lru_cache(maxsize=4)
-def _load_embedder(model_path: str, max_length: int, batch_size: int):
+def _load_embedder(model_path: str, max_length: int, batch_size: int, dtype: str):
     from dselect_assets.core.embed import SentenceEmbedder
 
-    return SentenceEmbedder(model_path or None, max_length=max_length, batch_size=batch_size)
+    return SentenceEmbedder(model_path or None, max_length=max_length, batch_size=batch_size, dtype=dtype)
 
 
 def _model_spec(model_path: str, kind: str, chat_template: bool, default):
@@ -131,9 +131,10 @@ class EmbedderResource(dg.ConfigurableResource):
     model_path: str = ""
     max_length: int = 256
     batch_size: int = 32
+    dtype: str = "auto"  # bf16 on a CPU with native bf16 (core/embed.py)
 
     def load(self):
-        return _load_embedder(self.model_path, self.max_length, self.batch_size)
+        return _load_embedder(self.model_path, self.max_length, self.batch_size, self.dtype)
 
 
 class AskLLMJudgeResource(dg.ConfigurableResource):

@@ -50,7 +50,7 @@ PARAPHRASES = [
 
 @pytest.fixture(scope="module")
 def embedder():
-    return SentenceEmbedder(batch_size=4)
+    return SentenceEmbedder(batch_size=4, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,14 @@ def test_embedder_matches_sentence_transformers(embedder):
     texts = NATURAL + [JUNK, "short"]  # different lengths: the batch is padded
     expected = reference.encode(texts, normalize_embeddings=True, batch_size=len(texts))
     np.testing.assert_allclose(embedder.embed(texts), expected, atol=1e-5)
+
+
+def test_bf16_embedder_stays_near_fp32_and_names_itself(embedder):
+    bf16 = SentenceEmbedder(batch_size=4, dtype="bfloat16")
+    texts = NATURAL + [JUNK, "short"]
+    cosine = (bf16.embed(texts) * embedder.embed(texts)).sum(1)
+    assert cosine.min() > 0.999
+    assert bf16.identity["dtype"] == "bfloat16" and embedder.identity["dtype"] == "float32"
 
 
 def test_embedder_identity_names_model_hash(embedder):

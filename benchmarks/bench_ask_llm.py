@@ -17,7 +17,10 @@ read the same fp32 weights). Documents: the default corpus's labelled judge prob
             build) as a worker process that times itself on the chunks it is sent.
   dselect   AskLLMJudge exactly as the pipeline configures it (AskLLMJudgeResource
             defaults): length-sorted batches, last-position logits only, the prefix
-            KV cache, bf16 where the CPU has native bf16.
+            KV cache, bf16 where the CPU has native bf16, and the question-first prompt
+            (the paper's words, question in the cached prefix; a dselect_paper_prompt row
+            shows the paper's order). Its tokens/s counts the cached prefix tokens too, so
+            the docs/s column is the fair speed ratio to the peer.
 
 The systems take turns chunk by chunk (naive, nano, dselect on chunk 1, then chunk 2,
 ...), so load drift on a shared box hits all three alike. Tokens/s counts each
@@ -206,7 +209,7 @@ def main() -> None:
     from _bench_common import interleaved_best
     from scipy.stats import spearmanr
 
-    from dselect_assets.core.ask_llm import AskLLMJudge
+    from dselect_assets.core.ask_llm import PAPER_PROMPT, AskLLMJudge
     from dselect_assets.core.judge_eval import roc_auc
     from dselect_assets.core.models import configure_threads, converted_gguf_dir, load_causal_or_seq2seq
     from dselect_assets.resources import AskLLMJudgeResource
@@ -242,12 +245,15 @@ def main() -> None:
         peer = NanoPeer(model_dir, docs, threads)
         runs["nano"] = peer
     runs["dselect"] = scorer(judge)
-    base = dict(spec=judge.spec, max_doc_tokens=judge.max_doc_tokens, batch_size=judge.batch_size)
+    base = dict(spec=judge.spec, prompt=judge.prompt, max_doc_tokens=judge.max_doc_tokens,
+                batch_size=judge.batch_size)
     # The other reading of dtype="auto" on a bf16 CPU (ask_llm.AUTO_CPU_BF16), side by side.
     other = "bfloat16" if judge.bf16_matmul else "bf16-matmul"
     variants: dict[str, AskLLMJudge] = {}
     if judge.dtype != torch.float32 or judge.bf16_matmul:
         variants[f"dselect_{other.replace('-', '_')}"] = AskLLMJudge(**base, dtype=other)
+    if judge.prompt != PAPER_PROMPT:  # the default prompt's own lever: the question in the cached prefix
+        variants["dselect_paper_prompt"] = AskLLMJudge(**{**base, "prompt": PAPER_PROMPT})
     if args.levers:
         variants |= {
             "dselect_fp32": AskLLMJudge(**base, dtype="float32"),
@@ -274,7 +280,9 @@ def main() -> None:
         seconds["nano"] = _peer_seconds(timings["nano"])
         scores["nano"] = np.concatenate([np.array(r["scores"]) for r in timings["nano"][0]])
         peer.close()
-    tps = {name: (peer_tokens if name == "nano" else tokens) / spent for name, spent in seconds.items()}
+    own_tokens = {name: sum(len(j.prompt_ids(d)) for d in docs) for name, j in variants.items()}
+    own_tokens["nano"] = peer_tokens if peer is not None else 0
+    tps = {name: own_tokens.get(name, tokens) / spent for name, spent in seconds.items()}
     reference = scores["naive"]  # fp32, unbatched, full forward: the fp32 reference
     _side_by_side(tps, {name: len(docs) / spent for name, spent in seconds.items()}, scores, labels, reference)
 

@@ -108,12 +108,15 @@ def _model_spec(model_path: str, kind: str, chat_template: bool, default):
 
 
 @functools.lru_cache(maxsize=4)
-def _load_judge(model_path: str, kind: str, chat_template: bool, max_doc_tokens: int, batch_size: int):
-    from dselect_assets.core.ask_llm import AskLLMJudge
+def _load_judge(model_path: str, kind: str, chat_template: bool, max_doc_tokens: int, batch_size: int,
+                prompt: str):
+    from dselect_assets.core.ask_llm import PROMPTS, AskLLMJudge
     from dselect_assets.core.models import default_judge_spec
 
+    if prompt not in PROMPTS:
+        raise ValueError(f"judge prompt must be one of {sorted(PROMPTS)}, got {prompt!r}")
     spec = _model_spec(model_path, kind, chat_template, default_judge_spec)
-    return AskLLMJudge(spec, max_doc_tokens=max_doc_tokens, batch_size=batch_size)
+    return AskLLMJudge(spec, prompt=PROMPTS[prompt], max_doc_tokens=max_doc_tokens, batch_size=batch_size)
 
 
 @functools.lru_cache(maxsize=4)
@@ -152,9 +155,14 @@ class AskLLMJudgeResource(dg.ConfigurableResource):
     chat_template: bool = True
     max_doc_tokens: int = 256
     batch_size: int = 8
+    # "paper" (the paper's prompt, question after the document) or "question_first" (the same
+    # words, question before the document, inside the cached prefix): 1.49x faster and ROC AUC
+    # 0.810 [0.77, 0.85] vs 0.735 [0.68, 0.78] for "paper" in the same run (ask_llm.QUESTION_FIRST_PROMPT).
+    prompt: str = "question_first"
 
     def load(self):
-        return _load_judge(self.model_path, self.kind, self.chat_template, self.max_doc_tokens, self.batch_size)
+        return _load_judge(self.model_path, self.kind, self.chat_template, self.max_doc_tokens, self.batch_size,
+                           self.prompt)
 
 
 class PerplexityLMResource(dg.ConfigurableResource):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dselect_assets.core.ask_llm import FEW_SHOT_EXAMPLES, AskLLMJudge, unscorable
+from dselect_assets.core.ask_llm import FEW_SHOT_EXAMPLES, QUESTION_FIRST_PROMPT, AskLLMJudge, unscorable
 from dselect_assets.core.batching import length_sorted_batches, map_padded, pad
 from dselect_assets.core.embed import SentenceEmbedder
 from dselect_assets.core.judge_eval import roc_auc
@@ -22,6 +22,7 @@ from dselect_assets.core.models import (
     smollm2_spec,
 )
 from dselect_assets.core.perplexity import PerplexityScorer
+from dselect_assets.resources import AskLLMJudgeResource
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -217,6 +218,22 @@ def test_judge_batch_equals_single_and_prefix_cache(judge, judged):
     finally:
         judge.reuse_prefix_cache = True
     np.testing.assert_allclose(judged, no_cache, atol=1e-4)
+
+
+def test_question_first_prompt_puts_the_question_in_the_cached_prefix(judge):
+    first = AskLLMJudge(smollm2_spec(chat_template=True), prompt=QUESTION_FIRST_PROMPT, max_doc_tokens=48,
+                        batch_size=4, dtype="float32")
+    assert "OPTIONS:" in first.parts.prefix_text and "OPTIONS:" not in first.parts.suffix_text
+    assert len(first.parts.suffix_ids) < len(judge.parts.suffix_ids) / 4
+    cached = first.score(JUDGED)
+    first.reuse_prefix_cache = False
+    np.testing.assert_allclose(first.score(JUDGED), cached, atol=1e-4)
+    assert first.identity["prompt"] == QUESTION_FIRST_PROMPT != judge.identity["prompt"]
+
+
+def test_judge_resource_names_an_unknown_prompt():
+    with pytest.raises(ValueError, match="'question-last'"):
+        AskLLMJudgeResource(prompt="question-last").load()
 
 
 def test_judge_duplicates_share_a_forward_pass_with_equal_scores(judge, judged):

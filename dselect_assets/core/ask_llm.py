@@ -52,6 +52,25 @@ OPTIONS:
 - yes
 - no"""
 
+# The paper's words with the question moved before the document, so that it is part of the
+# prefix whose KV cache every document shares: with SmolLM2's chat template, 8 tokens follow
+# the document instead of 79 (1.49x faster at 256 document tokens). On the default corpus's
+# labelled probe (400 documents, one run, raw P(yes)) ROC AUC 0.810 [0.77, 0.85] against
+# 0.735 [0.68, 0.78] for the paper's order; Spearman 0.47 between the two rankings.
+QUESTION_FIRST_PROMPT = """###
+
+Does the previous paragraph demarcated within ### and ### contain informative signal for pre-training a large-language model? An informative datapoint should be well-formatted, contain some usable knowledge of the world, and strictly NOT have any harmful, racist, sexist, etc. content.
+
+OPTIONS:
+- yes
+- no
+
+###
+{example}
+###"""
+
+PROMPTS = {"paper": PAPER_PROMPT, "question_first": QUESTION_FIRST_PROMPT}
+
 # Appended after the prompt when no chat template is used, so the next token is the answer.
 RAW_ANSWER_SUFFIX = "\n\nAnswer:"
 

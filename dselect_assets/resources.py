@@ -149,9 +149,10 @@ class AskLLMJudgeResource(dg.ConfigurableResource):
     model_path: str = ""
     kind: str = ""  # causal | seq2seq; empty: causal
     # Chosen by ROC AUC on the default corpus's labelled probe (docs/judge_report.md): the
-    # bundled SmolLM2 in its chat template, ranked by raw P(yes). 256 document tokens: 0.747
-    # [0.70, 0.79], tied with 512 (paired difference +0.022 [-0.000, 0.044]) at about 60% of
-    # its cost; 128 gives 0.66; without the template P(yes) ranks junk first.
+    # bundled SmolLM2 in its chat template, ranked by raw P(yes). With the paper's prompt, 256
+    # document tokens: 0.747 [0.70, 0.79], tied with 512 (paired difference +0.022 [-0.000, 0.044])
+    # at about 60% of its cost; 128 gives 0.66; without the template P(yes) ranks junk first.
+    # With "question_first" the normalized P(yes) ranks worse than chance (0.41): rank by raw P(yes).
     chat_template: bool = True
     max_doc_tokens: int = 256
     batch_size: int = 8

@@ -54,9 +54,10 @@ OPTIONS:
 
 # The paper's words with the question moved before the document, so that it is part of the
 # prefix whose KV cache every document shares: with SmolLM2's chat template, 8 tokens follow
-# the document instead of 79 (1.49x faster at 256 document tokens). On the default corpus's
-# labelled probe (400 documents, one run, raw P(yes)) ROC AUC 0.810 [0.77, 0.85] against
-# 0.735 [0.68, 0.78] for the paper's order; Spearman 0.47 between the two rankings.
+# the document instead of 79. On the default corpus's labelled probe (400 documents, raw
+# P(yes), bf16, 256 document tokens, one run at one thread): 1.62x faster, ROC AUC 0.806
+# [0.76, 0.85] against 0.748 [0.70, 0.79] for the paper's order, paired difference +0.058
+# [+0.002, +0.114]; Spearman 0.47 between the two rankings.
 QUESTION_FIRST_PROMPT = """###
 
 Does the previous paragraph demarcated within ### and ### contain informative signal for pre-training a large-language model? An informative datapoint should be well-formatted, contain some usable knowledge of the world, and strictly NOT have any harmful, racist, sexist, etc. content.

@@ -17,7 +17,10 @@ read the same fp32 weights). Documents: the default corpus's labelled judge prob
             build) as a worker process that times itself on the chunks it is sent.
   dselect   AskLLMJudge exactly as the pipeline configures it (AskLLMJudgeResource
             defaults): length-sorted batches, last-position logits only, the prefix
-            KV cache, bf16 where the CPU has native bf16.
+            KV cache, bf16 where the CPU has native bf16, and the question-first prompt
+            (the paper's words, question in the cached prefix; a dselect_paper_prompt row
+            shows the paper's order). Its tokens/s counts the cached prefix tokens too, so
+            the docs/s column is the fair speed ratio to the peer.
 
 The systems take turns chunk by chunk (naive, nano, dselect on chunk 1, then chunk 2,
 ...), so load drift on a shared box hits all three alike. Tokens/s counts each
@@ -206,7 +209,7 @@ def main() -> None:
     from _bench_common import interleaved_best
     from scipy.stats import spearmanr
 
-    from dselect_assets.core.ask_llm import AskLLMJudge
+    from dselect_assets.core.ask_llm import PAPER_PROMPT, AskLLMJudge
     from dselect_assets.core.judge_eval import roc_auc
     from dselect_assets.core.models import configure_threads, converted_gguf_dir, load_causal_or_seq2seq
     from dselect_assets.resources import AskLLMJudgeResource
@@ -242,12 +245,15 @@ def main() -> None:
         peer = NanoPeer(model_dir, docs, threads)
         runs["nano"] = peer
     runs["dselect"] = scorer(judge)
-    base = dict(spec=judge.spec, max_doc_tokens=judge.max_doc_tokens, batch_size=judge.batch_size)
+    base = dict(spec=judge.spec, prompt=judge.prompt, max_doc_tokens=judge.max_doc_tokens,
+                batch_size=judge.batch_size)
     # The other reading of dtype="auto" on a bf16 CPU (ask_llm.AUTO_CPU_BF16), side by side.
     other = "bfloat16" if judge.bf16_matmul else "bf16-matmul"
     variants: dict[str, AskLLMJudge] = {}
     if judge.dtype != torch.float32 or judge.bf16_matmul:
         variants[f"dselect_{other.replace('-', '_')}"] = AskLLMJudge(**base, dtype=other)
+    if judge.prompt != PAPER_PROMPT:  # the default prompt's own lever: the question in the cached prefix
+        variants["dselect_paper_prompt"] = AskLLMJudge(**{**base, "prompt": PAPER_PROMPT})
     if args.levers:
         variants |= {
             "dselect_fp32": AskLLMJudge(**base, dtype="float32"),
@@ -266,16 +272,19 @@ def main() -> None:
     timings = interleaved_best(args.repeats, len(docs), args.chunk, runs, progress=True)
     print(f"load_average_end: {load_figures()}", flush=True)
     tokens = sum(len(p) for p in prompts)
-    tps = {name: tokens / seconds for name, (_, seconds) in timings.items() if name != "nano"}
+    seconds = {name: spent for name, (_, spent) in timings.items() if name != "nano"}
     scores = {name: np.concatenate(chunks) for name, (chunks, _) in timings.items() if name != "nano"}
     if peer is not None:
         # The worker timed itself (no pipe or JSON in the figure); each chunk's best pass.
         peer_tokens = sum(json_reply["tokens"] for json_reply in timings["nano"][0])
-        peer_seconds = _peer_seconds(timings["nano"])
-        tps["nano"] = peer_tokens / peer_seconds
+        seconds["nano"] = _peer_seconds(timings["nano"])
         scores["nano"] = np.concatenate([np.array(r["scores"]) for r in timings["nano"][0]])
         peer.close()
+    own_tokens = {name: sum(len(j.prompt_ids(d)) for d in docs) for name, j in variants.items()}
+    own_tokens["nano"] = peer_tokens if peer is not None else 0
+    tps = {name: own_tokens.get(name, tokens) / spent for name, spent in seconds.items()}
     reference = scores["naive"]  # fp32, unbatched, full forward: the fp32 reference
+    _side_by_side(tps, {name: len(docs) / spent for name, spent in seconds.items()}, scores, labels, reference)
 
     print(f"naive_tokens_per_s: {tps['naive']:.1f}")
     if peer is not None:
@@ -296,6 +305,27 @@ def main() -> None:
         print(f"{name}_roc_auc: {roc_auc(scores[name], labels):.3f}")
     if args.levers:
         _duplicates_lever(judge, docs)
+
+
+def _side_by_side(tps: dict, dps: dict, scores: dict, labels: list[int], reference) -> None:
+    """One row per system: its own prompt tokens/s, the ratios to naive and to the peer,
+    documents/s (the peer's prompt differs in length from dselect's, so its tokens/s ratio
+    and its documents/s ratio differ), ROC-AUC on the labelled probe and Spearman against
+    the fp32 reference (left out for the peer, whose prompt is another one)."""
+    from scipy.stats import spearmanr
+
+    from dselect_assets.core.judge_eval import roc_auc
+
+    peer = tps.get("nano")
+    print(f"{'system':<28} {'tokens/s':>9} {'x naive':>8} {'x nano':>7} {'docs/s':>7} {'x nano':>7} "
+          f"{'ROC-AUC':>8} {'Spearman fp32':>14}")
+    for name in sorted(tps, key=lambda n: ("naive", "nano", "dselect", n).index(n)):
+        rate = tps[name]
+        versus_peer = f"{rate / peer:.2f}" if peer else "-"
+        docs_versus_peer = f"{dps[name] / dps['nano']:.2f}" if peer else "-"
+        rho = "-" if name == "nano" else f"{spearmanr(scores[name], reference).statistic:.4f}"
+        print(f"{name:<28} {rate:>9.1f} {rate / tps['naive']:>8.2f} {versus_peer:>7} {dps[name]:>7.2f} "
+              f"{docs_versus_peer:>7} {roc_auc(scores[name], labels):>8.3f} {rho:>14}")
 
 
 def _peer_seconds(entry) -> float:

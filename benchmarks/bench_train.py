@@ -8,8 +8,13 @@ Throughput counts only real (non-padding) target tokens. Each loop runs twice,
 alternating, and keeps its better run, since other processes share the CPU.
 
     python benchmarks/bench_train.py [--steps 60] [--naive-steps 150] [--full-run]
+    python benchmarks/bench_train.py --corpus data/corpus --high-quality data/eval/high_quality.jsonl
 
 --full-run also trains once on the default token budget and prints its wall time.
+--corpus instead trains the default configuration (1 thread, as `dselect run`'s workers
+do) on every document of a corpus directory, the "full data" selection, and prints its
+wall time and held-out perplexity on the high-quality set next to the unigram baseline
+fit on the same documents: the check that the LM learns within the time budget.
 """
 
 from __future__ import annotations
@@ -79,12 +84,45 @@ def packed_tokens_per_second(
     return train_lm(token_docs, short, out_dir, seed=0, resume=False).tokens_per_second
 
 
+def corpus_run(corpus: Path, high_quality: Path, seeds: int) -> None:
+    import json
+    import os
+
+    from dselect_assets.core.evaluate import perplexity, unigram_perplexity
+    from dselect_assets.core.ingest import Document, read_shard
+    from dselect_assets.core.lm_tokenizer import DEFAULT_VOCAB_SIZE
+
+    texts = [doc.text for path in sorted(corpus.iterdir()) if path.is_file()
+             for doc in read_shard(path) if isinstance(doc, Document)]
+    held_out = [json.loads(line)["text"] for line in high_quality.read_text().splitlines() if line.strip()]
+    tokenizer = train_tokenizer(texts, vocab_size=DEFAULT_VOCAB_SIZE)
+    token_docs = encode_documents(tokenizer, texts)
+    config = TrainConfig().with_vocab(tokenizer.get_vocab_size())
+    unigram = unigram_perplexity(token_docs, encode_documents(tokenizer, held_out), config.model.vocab_size)
+    print(f"corpus: {len(texts)} documents, {sum(len(d) for d in token_docs)} tokens; config: {config.total_steps} "
+          f"steps of {config.batch_size} x {config.context_length}, lr {config.learning_rate}, "
+          f"{TinyGPT(config.model).num_parameters()} parameters; load {os.getloadavg()[0]:.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(seeds):
+            result = train_lm(token_docs, config, Path(tmp) / str(seed), seed=seed, resume=False, num_threads=1)
+            lm = perplexity(Path(tmp) / str(seed), tokenizer, held_out)
+            print(f"seed {seed}: train_wall_s {result.wall_seconds:.1f}, epochs {result.epochs:.2f}, "
+                  f"high_quality_ppl {lm['ppl']:.1f}, unigram_ppl {unigram['ppl']:.1f}, "
+                  f"ratio {lm['ppl'] / unigram['ppl']:.3f}; load {os.getloadavg()[0]:.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60, help="dselect steps per timing run")
     parser.add_argument("--naive-steps", type=int, default=150, help="naive steps per timing run")
     parser.add_argument("--full-run", action="store_true", help="also time one run on the default budget")
+    parser.add_argument("--corpus", type=Path, help="train the default config on this corpus directory instead")
+    parser.add_argument("--high-quality", type=Path, default=Path("data/eval/high_quality.jsonl"))
+    parser.add_argument("--seeds", type=int, default=1, help="with --corpus: seeds trained")
     args = parser.parse_args()
+    if args.corpus:
+        corpus_run(args.corpus, args.high_quality, args.seeds)
+        return
 
     texts = stdlib_docstrings()
     tokenizer = train_tokenizer(texts, vocab_size=4096)

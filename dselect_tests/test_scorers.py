@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dselect_assets.core.ask_llm import FEW_SHOT_EXAMPLES, AskLLMJudge, unscorable
+from dselect_assets.core.ask_llm import FEW_SHOT_EXAMPLES, QUESTION_FIRST_PROMPT, AskLLMJudge, unscorable
 from dselect_assets.core.batching import length_sorted_batches, map_padded, pad
 from dselect_assets.core.embed import SentenceEmbedder
 from dselect_assets.core.judge_eval import roc_auc
@@ -22,6 +22,7 @@ from dselect_assets.core.models import (
     smollm2_spec,
 )
 from dselect_assets.core.perplexity import PerplexityScorer
+from dselect_assets.resources import AskLLMJudgeResource
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -50,7 +51,7 @@ PARAPHRASES = [
 
 @pytest.fixture(scope="module")
 def embedder():
-    return SentenceEmbedder(batch_size=4)
+    return SentenceEmbedder(batch_size=4, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,16 @@ def test_map_padded_restores_order_skips_empty_and_duplicates():
     assert map_padded([], forward, batch_size=2, pad_id=0).shape == (0,)
 
 
+def test_map_padded_reports_progress_per_batch():
+    seqs = [[5, 1], [], [2, 2, 2, 2], [5, 1], [7], [3, 3, 3], [5, 1]]
+    calls: list[tuple[int, int, float]] = []
+    map_padded(seqs, lambda ids, mask: mask.sum(1).double(), batch_size=2, pad_id=0,
+               progress=lambda done, total, elapsed: calls.append((done, total, elapsed)))
+    # The empty row and two duplicates are done from the start; then 2 distinct rows per batch.
+    assert [(done, total) for done, total, _ in calls] == [(5, 7), (7, 7)]
+    assert 0 <= calls[0][2] <= calls[1][2]
+
+
 # --------------------------------------------------------------------------- embedder
 
 
@@ -146,6 +157,14 @@ def test_embedder_matches_sentence_transformers(embedder):
     texts = NATURAL + [JUNK, "short"]  # different lengths: the batch is padded
     expected = reference.encode(texts, normalize_embeddings=True, batch_size=len(texts))
     np.testing.assert_allclose(embedder.embed(texts), expected, atol=1e-5)
+
+
+def test_bf16_embedder_stays_near_fp32_and_names_itself(embedder):
+    bf16 = SentenceEmbedder(batch_size=4, dtype="bfloat16")
+    texts = NATURAL + [JUNK, "short"]
+    cosine = (bf16.embed(texts) * embedder.embed(texts)).sum(1)
+    assert cosine.min() > 0.999
+    assert bf16.identity["dtype"] == "bfloat16" and embedder.identity["dtype"] == "float32"
 
 
 def test_embedder_identity_names_model_hash(embedder):
@@ -199,6 +218,22 @@ def test_judge_batch_equals_single_and_prefix_cache(judge, judged):
     finally:
         judge.reuse_prefix_cache = True
     np.testing.assert_allclose(judged, no_cache, atol=1e-4)
+
+
+def test_question_first_prompt_puts_the_question_in_the_cached_prefix(judge):
+    first = AskLLMJudge(smollm2_spec(chat_template=True), prompt=QUESTION_FIRST_PROMPT, max_doc_tokens=48,
+                        batch_size=4, dtype="float32")
+    assert "OPTIONS:" in first.parts.prefix_text and "OPTIONS:" not in first.parts.suffix_text
+    assert len(first.parts.suffix_ids) < len(judge.parts.suffix_ids) / 4
+    cached = first.score(JUDGED)
+    first.reuse_prefix_cache = False
+    np.testing.assert_allclose(first.score(JUDGED), cached, atol=1e-4)
+    assert first.identity["prompt"] == QUESTION_FIRST_PROMPT != judge.identity["prompt"]
+
+
+def test_judge_resource_names_an_unknown_prompt():
+    with pytest.raises(ValueError, match="'question-last'"):
+        AskLLMJudgeResource(prompt="question-last").load()
 
 
 def test_judge_duplicates_share_a_forward_pass_with_equal_scores(judge, judged):

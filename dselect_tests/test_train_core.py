@@ -24,6 +24,7 @@ from dselect_assets.core.lm_tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from dselect_assets.core.progress import format_duration, format_progress, throttled
 from dselect_assets.core.report import build_report, relative_to_random
 from dselect_assets.core.tiny_lm import GPTConfig, TinyGPT, load_model, save_model
 from dselect_assets.core.train import (
@@ -104,7 +105,8 @@ def test_tokenizer_is_deterministic_and_round_trips(corpus, tmp_path):
 
 
 def test_learning_rate_warms_up_then_decays_to_floor():
-    config = TrainConfig(token_budget=100 * 16 * 128, batch_size=16, warmup_fraction=0.1)
+    config = TrainConfig(token_budget=100 * 16 * 128, batch_size=16, warmup_fraction=0.1,
+                         model=GPTConfig(context_length=128))
     rates = [learning_rate_at(step, config) for step in range(config.total_steps)]
     assert rates[0] < rates[5] < rates[9] == pytest.approx(config.learning_rate)
     assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
@@ -154,6 +156,33 @@ def test_interrupted_run_resumes_to_identical_weights(corpus, trained, small_con
     train_lm(corpus["train_docs"], small_config, tmp_path / "mixed", seed=0, stop_at_step=5)
     with pytest.raises(ValueError, match="other data/config/seed"):
         train_lm(corpus["train_docs"], small_config, tmp_path / "mixed", seed=1)
+
+
+def test_progress_counts_the_steps_of_each_invocation(corpus, small_config, tmp_path):
+    calls: list[tuple[int, int, float]] = []
+    record = lambda done, total, elapsed: calls.append((done, total, elapsed))  # noqa: E731
+    train_lm(corpus["train_docs"], small_config, tmp_path, seed=0, stop_at_step=4, num_threads=1, progress=record)
+    assert [(d, t) for d, t, _ in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert all(a[2] <= b[2] for a, b in zip(calls, calls[1:]))
+    calls.clear()
+    train_lm(corpus["train_docs"], small_config, tmp_path, seed=0, stop_at_step=6, progress=record)
+    assert [(d, t) for d, t, _ in calls] == [(1, 2), (2, 2)]  # resumed from step 4
+
+
+def test_format_progress_and_throttle():
+    assert format_progress(0, 50, 0.0) == "0/50 docs (0%), rate ?, time left ?"
+    assert format_progress(10, 50, 5.0) == "10/50 docs (20%), 2 docs/s, 20s left"
+    assert format_progress(30, 5000, 10.0, unit="steps") == "30/5000 steps (1%), 3 steps/s, 27m37s left"
+    assert format_duration(7325) == "2h02m" and format_duration(float("nan")) == "?"
+    with pytest.raises(ValueError, match="-1/5"):
+        format_progress(-1, 5, 1.0)
+    now = [0.0]
+    seen: list[int] = []
+    tick = throttled(lambda done, total, elapsed: seen.append(done), every_seconds=10, clock=lambda: now[0])
+    for done in range(1, 6):
+        tick(done, 5, now[0])
+        now[0] += 4.0
+    assert seen == [1, 4, 5]  # first, once per 10 s, and the last
 
 
 def test_perplexity_of_uniform_model_is_vocab_size(corpus):

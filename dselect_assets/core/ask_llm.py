@@ -37,6 +37,7 @@ from dselect_assets.core.models import (
     pick_device,
     resolve_dtype,
 )
+from dselect_assets.core.progress import Progress
 
 CODE_VERSION = "ask_llm/1"
 
@@ -50,6 +51,26 @@ Does the previous paragraph demarcated within ### and ### contain informative si
 OPTIONS:
 - yes
 - no"""
+
+# The paper's words with the question moved before the document, so that it is part of the
+# prefix whose KV cache every document shares: with SmolLM2's chat template, 8 tokens follow
+# the document instead of 79. On the default corpus's labelled probe (400 documents, raw
+# P(yes), bf16, 256 document tokens, one run at one thread): 1.62x faster, ROC AUC 0.806
+# [0.76, 0.85] against 0.748 [0.70, 0.79] for the paper's order, paired difference +0.058
+# [+0.002, +0.114]; Spearman 0.47 between the two rankings.
+QUESTION_FIRST_PROMPT = """###
+
+Does the previous paragraph demarcated within ### and ### contain informative signal for pre-training a large-language model? An informative datapoint should be well-formatted, contain some usable knowledge of the world, and strictly NOT have any harmful, racist, sexist, etc. content.
+
+OPTIONS:
+- yes
+- no
+
+###
+{example}
+###"""
+
+PROMPTS = {"paper": PAPER_PROMPT, "question_first": QUESTION_FIRST_PROMPT}
 
 # Appended after the prompt when no chat template is used, so the next token is the answer.
 RAW_ANSWER_SUFFIX = "\n\nAnswer:"
@@ -74,8 +95,10 @@ FEW_SHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
 
 # What dtype="auto" means on a CPU with native bf16: "bf16-matmul" (fp32 residual
 # stream, bf16 linear layers) or "bfloat16" (the whole model in bf16); benchmarks/bench_ask_llm.py
-# measures both against fp32.
-AUTO_CPU_BF16 = "bf16-matmul"
+# measures both against fp32. With the question-first prompt, on the 400 labelled probe
+# documents at one thread, whole-model bf16 was 1.33x faster than bf16-matmul, ROC AUC 0.806
+# [0.76, 0.85] vs 0.810 [0.77, 0.85], Spearman 0.991 between the two (both ~0.994 vs fp32).
+AUTO_CPU_BF16 = "bfloat16"
 
 _SENTINEL = "\u0000DSELECT_EXAMPLE\u0000"
 
@@ -247,8 +270,9 @@ class AskLLMJudge:
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, texts: Sequence[str]) -> np.ndarray:
-        """float64 [n, 2]: (P(yes), P(yes)/(P(yes)+P(no))); NaN rows for empty documents."""
+    def score(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        """float64 [n, 2]: (P(yes), P(yes)/(P(yes)+P(no))); NaN rows for empty documents.
+        `progress(done, total, elapsed)` is called after each batch (core/progress.py)."""
         if not texts:
             return np.full((0, 2), np.nan, dtype=np.float64)
         docs = self.doc_ids(texts)
@@ -263,6 +287,7 @@ class AskLLMJudge:
         return map_padded(
             seqs, lambda ids, mask: self._answer_probs(forward(ids, mask)),
             batch_size=self.batch_size, pad_id=self.pad_id, side=side, width=2, dedupe=self.skip_duplicates,
+            progress=progress,
         )
 
     def _answer_probs(self, logits: Any) -> np.ndarray:

@@ -9,14 +9,19 @@ A scorer turns each document into a list of token ids and hands them here with a
     memory problem shows on the first batch,
   - pads right (encoders, perplexity) or left (decoder judges: the next-token slot
     is the last column of every row) and builds the attention mask,
-  - writes every result back at its sequence's position in the input.
+  - writes every result back at its sequence's position in the input,
+  - reports (done, total, elapsed seconds) after each batch to an optional
+    `progress` callback (core/progress.py formats it).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
+
+from dselect_assets.core.progress import Progress
 
 Side = Literal["left", "right"]
 
@@ -68,13 +73,15 @@ def map_padded(
     width: int | None = None,
     dtype: Any = np.float64,
     dedupe: bool = True,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Results of `forward(ids, mask)` for every sequence, in input order.
 
     forward returns an array (or tensor) with one row per batch row: [b] or [b, width].
     Empty sequences get NaN rows (zeros for a non-float dtype). With `dedupe`, identical
     sequences are computed once and the result copied (exact duplicates are common in
-    web crawls and cost a whole forward pass each)."""
+    web crawls and cost a whole forward pass each). `progress(done, total, elapsed)` counts
+    input sequences; empty ones and duplicates count as done from the start."""
     import torch
 
     shape: tuple[int, ...] = (len(seqs),) if width is None else (len(seqs), int(width))
@@ -92,6 +99,7 @@ def map_padded(
         source = np.arange(len(seqs))
         unique = source
     work = [seqs[i] for i in unique]
+    done, started = len(seqs) - sum(1 for s in work if len(s)), time.perf_counter()
     with torch.inference_mode():
         for rows, ids, mask in padded_batches(work, batch_size, pad_id, side):
             result = forward(ids, mask)
@@ -100,6 +108,9 @@ def map_padded(
                     result = result.float()
                 result = result.detach().cpu().numpy()
             out[unique[rows]] = np.asarray(result).reshape((len(rows),) + shape[1:])
+            done += len(rows)
+            if progress is not None:
+                progress(done, len(seqs), time.perf_counter() - started)
     if dedupe:
         out[:] = out[source]
     return out

@@ -187,7 +187,7 @@ def available_configs(doc_tokens: Sequence[int], batch_size: int, extras: bool =
     at each document length (each row reports both P(yes) and normalized P(yes)).
     Building a config whose model is not installed raises ModelLoadError, which the CLI
     reports as 'not installed'. `extras` adds the older SmolLM2 prompt variants."""
-    from dselect_assets.core.ask_llm import FEW_SHOT_EXAMPLES, AskLLMJudge
+    from dselect_assets.core.ask_llm import FEW_SHOT_EXAMPLES, QUESTION_FIRST_PROMPT, AskLLMJudge
     from dselect_assets.core.models import ModelLoadError, gemma3_spec, smollm2_spec
 
     configs = []
@@ -197,6 +197,11 @@ def available_configs(doc_tokens: Sequence[int], batch_size: int, extras: bool =
             configs.append(JudgeConfig(
                 f"{name}-chat@{tokens}", f"{title}, paper prompt in the chat template, zero-shot, {tokens} doc tokens",
                 lambda spec=spec, common=common: AskLLMJudge(spec(True), **common), tokens))
+            configs.append(JudgeConfig(
+                f"{name}-chat-question-first@{tokens}",
+                f"{title}, paper prompt with its question before the document, chat template, {tokens} doc tokens",
+                lambda spec=spec, common=common: AskLLMJudge(spec(True), prompt=QUESTION_FIRST_PROMPT, **common),
+                tokens))
             configs.append(JudgeConfig(
                 f"{name}-raw@{tokens}",
                 f"{title}, paper prompt + '\\n\\nAnswer:' without chat template, {tokens} doc tokens",

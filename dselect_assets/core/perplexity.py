@@ -22,6 +22,7 @@ from dselect_assets.core.models import (
     pick_device,
     resolve_dtype,
 )
+from dselect_assets.core.progress import Progress
 
 CODE_VERSION = "perplexity/1"
 
@@ -83,10 +84,11 @@ class PerplexityScorer:
         lead = list(probe[: probe.index(x[0])]) if x and x[0] in probe else []
         return [(lead + list(ids))[: self.max_tokens] if len(ids) >= 2 else [] for ids in bare]
 
-    def score(self, texts: Sequence[str]) -> np.ndarray:
-        """float64 [n]: mean NLL per predicted token; NaN for documents under two tokens."""
+    def score(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        """float64 [n]: mean NLL per predicted token; NaN for documents under two tokens.
+        `progress(done, total, elapsed)` is called after each batch (core/progress.py)."""
         return map_padded(self.token_ids(texts), self._mean_nll, batch_size=self.batch_size,
-                          pad_id=self.pad_id, side="right")
+                          pad_id=self.pad_id, side="right", progress=progress)
 
     def _mean_nll(self, ids: Any, mask: Any) -> np.ndarray:
         torch = self._torch

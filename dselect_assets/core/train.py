@@ -26,15 +26,19 @@ import torch
 import torch.utils.deterministic
 
 from dselect_assets.core.hashing import file_sha256
+from dselect_assets.core.progress import Progress
 from dselect_assets.core.tiny_lm import CONFIG_FILE, WEIGHTS_FILE, GPTConfig, TinyGPT, save_model
 
 RESUME_STATE_FILE = "resume_state.pt"
 RESULT_FILE = "train_result.json"
 TRAIN_CONFIG_FILE = "train_config.json"
 
-# 512 steps of 8 x 128 tokens: ~65-75 s of one core on the 2-core dev box (benchmarks/bench_train.py --full-run).
-# Batch 8 beat batch 16 (same tokens) on held-out ppl, 225 vs 292, at the same cost; lr 2e-3 beat 1e-3 and 4e-3.
-DEFAULT_TOKEN_BUDGET = 524_288
+# 384 steps of 8 x 64 tokens (context 64, tiny_lm.GPTConfig): about 30 s of one core, so the default run's
+# 21 trainings (7 selections x 3 seeds) take ~5 min on its 2 workers. On the default corpus's full data, seed 0
+# (benchmarks/bench_train.py --corpus): high-quality perplexity 0.52x the unigram baseline, where 128 steps of
+# 8 x 128 (the same seconds as 256 of 8 x 64) gave 0.80x, 256 of 8 x 128 0.56x at ~40 s, and 512 of 8 x 128
+# 0.32x at ~90 s. More short steps learn more per second than fewer long ones; lr 4e-3 did worse than 2e-3.
+DEFAULT_TOKEN_BUDGET = 196_608
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    checkpoint_every: int = 100
+    checkpoint_every: int = 64  # 5 intermediate checkpoints in a default run
     model: GPTConfig = field(default_factory=GPTConfig)
 
     def __post_init__(self) -> None:
@@ -231,6 +235,7 @@ def train_lm(
     *,
     stop_at_step: int | None = None,
     num_threads: int | None = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Train a fresh TinyGPT on the packed `token_docs` for `config.token_budget` tokens.
 
@@ -239,6 +244,8 @@ def train_lm(
     With `resume`, a finished run in `out_dir` is returned as is and an unfinished
     one continues from its checkpoint. `stop_at_step` ends the run early after
     checkpointing (to simulate an interruption); the result then has completed=False.
+    `progress(done, total, elapsed)` is called after every step with the steps of this
+    invocation (a resumed run counts from its checkpoint), so done/elapsed is its rate.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -306,6 +313,8 @@ def train_lm(
             optimizer.step()
             pending.append(loss.detach())
             step += 1
+            if progress is not None:
+                progress(step - start_step, end_step - start_step, time.perf_counter() - started)
             if step % config.checkpoint_every == 0 or step == end_step:
                 losses.extend(torch.stack(pending).float().cpu().tolist())
                 pending.clear()

@@ -39,7 +39,7 @@ TRAINED_SAMPLERS = [s for s in ("random", "density", "ask_llm_topk", "ask_llm_di
 TRAINING_RATES = [0.2]
 TRAINING_SEEDS = ["0", "1", "2"]
 # Bump when a change to this module or to the training/eval code changes the results.
-TRAINING_VERSION = "2"
+TRAINING_VERSION = "3"
 
 
 def run_key(rate: float, seed: int | str) -> str:
@@ -139,6 +139,11 @@ class TrainingConfig(dg.Config):
         )
 
 
+def train_config_json(train_config: train.TrainConfig) -> str:
+    """What a checkpoint records as its config, and what the report matches checkpoints by."""
+    return json.dumps(train_config.to_dict(), sort_keys=True)
+
+
 def current_selection(store: DuckDBStore, key: str) -> tuple[str, str]:
     """The selection now recorded for a (sampler, rate): what a new checkpoint trains on."""
     rows = store.query(
@@ -179,8 +184,11 @@ def checkpoints(
     texts = pl.read_parquet(export_path, columns=["text"])["text"].to_list()
     token_docs = lm_tokenizer.encode_documents(tokenizer, texts)
     train_config = config.train_config(tokenizer.get_vocab_size())
+    # The whole training config, model shape included: a changed default context length or
+    # width is another checkpoint, not the same one resumed.
+    config_json = train_config_json(train_config)
     checkpoint_id = make_producer_id(
-        "checkpoint", selection=selection_id, config=config.model_dump(), seed=seed,
+        "checkpoint", selection=selection_id, config=train_config.to_dict(), seed=seed,
         tokenizer=tok_sha, code=train.__name__ + "/1",
     )
     out_dir = paths.dir("checkpoints", checkpoint_id.replace(":", "-"))
@@ -193,7 +201,7 @@ def checkpoints(
             " sha256, steps, tokens_seen, first_loss, final_loss, seconds, run_id, created_at, seed,"
             " tokenizer_path, tokenizer_sha256, epochs, documents)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?, ?)",
-            [checkpoint_id, selection_id, key, json.dumps(config.model_dump(), sort_keys=True), str(out_dir), sha,
+            [checkpoint_id, selection_id, key, config_json, str(out_dir), sha,
              result.steps, result.tokens_seen, losses[0], losses[-1], result.wall_seconds, context.run.run_id,
              seed, str(tok_path), tok_sha, result.epochs, len(texts)],
         )
@@ -294,7 +302,8 @@ def comparison_report(
 ) -> dg.MaterializeResult:
     """Only checkpoints of the current selections, training config and tokenizer are compared;
     older ones are listed as stale, never mixed in."""
-    config_json = json.dumps(config.model_dump(), sort_keys=True)
+    tok_path, tok_sha = current_tokenizer(store)
+    config_json = train_config_json(config.train_config(lm_tokenizer.load_tokenizer(tok_path).get_vocab_size()))
     rows = store.query(
         "WITH current_selection AS (SELECT selection_key, arg_max(selection_id, created_at) AS selection_id"
         "  FROM selections GROUP BY selection_key),"
@@ -305,7 +314,7 @@ def comparison_report(
         "  m.unigram_perplexity"
         " FROM newest n JOIN checkpoints c USING (checkpoint_id) JOIN eval_metrics m USING (checkpoint_id)"
         " LEFT JOIN current_selection cs ON cs.selection_key = c.selection_key ORDER BY 1, 2, 4",
-        [config_json, current_tokenizer(store)[1]],
+        [config_json, tok_sha],
     )
     current = [r for r in rows if r[7]]
     if not current:

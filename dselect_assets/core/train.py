@@ -83,11 +83,6 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        data = dict(data)
-        return cls(model=GPTConfig(**data.pop("model")), **data)
-
     def with_vocab(self, vocab_size: int) -> TrainConfig:
         return replace(self, model=replace(self.model, vocab_size=vocab_size))
 

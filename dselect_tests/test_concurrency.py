@@ -34,7 +34,7 @@ WORDS = ("river", "treaty", "engine", "glacier", "harbour", "violin", "orbit", "
 READER = """
 import json, sys, time
 from pathlib import Path
-from dselect_assets.core import store
+from dselect_assets import store
 db, stop, report = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 reads, errors, seen = 0, [], 0
 while not stop.exists():

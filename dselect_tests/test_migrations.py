@@ -9,7 +9,7 @@ import shutil
 import duckdb
 
 from dselect_assets.assets import corpus
-from dselect_assets.core import store as store_module
+from dselect_assets import store as store_module
 from dselect_assets.resources import DuckDBStore
 
 # What the `contents` view of sql/001_corpus.sql computed: the lexically first (shard, row).

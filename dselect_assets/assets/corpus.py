@@ -32,6 +32,7 @@ from dselect_assets.core.ingest import (
     write_documents,
 )
 from dselect_assets.resources import DataPaths, DuckDBStore
+from dselect_assets.store import documents as documents_files
 
 INGEST_VERSION = "2"  # 2: documents files carry a metadata column
 
@@ -210,6 +211,7 @@ def retire_shard(store: DuckDBStore, shard: str, reason: str = RETIRED_FILE_DELE
             "INSERT INTO retired_shards VALUES (?, ?, ?, ?, now())", [shard, file_hash, n_documents, reason]
         )
     if documents_file is not None:
+        documents_files.pointer(Path(documents_file).parent).unlink(missing_ok=True)
         Path(documents_file).unlink(missing_ok=True)
     return {"shard": shard, "file_sha256": file_hash, "n_documents": n_documents, "reason": reason}
 
@@ -301,6 +303,7 @@ def documents(
         record_run(con, context, config.model_dump(), outputs=outputs)
         n_corpus = con.execute("SELECT count(*) FROM contents").fetchone()[0]
 
+    documents_files.point_at(out_file)
     for stale in {previous[0] if previous else None, str(read_file)} - {None, str(out_file)}:
         Path(stale).unlink(missing_ok=True)
 

@@ -25,8 +25,10 @@ from dselect_assets.assets.scoring import load_model, register_producer
 from dselect_assets.assets.shard_reader import load_embeddings
 from dselect_assets.core import clustering, race_sketch
 from dselect_assets.core.shard_keys import validate_shard_key
+from dselect_assets.core.hashing import hash_set_digest, input_version
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
+from dselect_assets.store import attributes
 
 
 COVERAGE_VERSION = "1"
@@ -55,13 +57,9 @@ def first_occurrences(store: DuckDBStore, shard: str) -> list[str]:
     )]
 
 
-def owned_version(hashes: list[str]) -> str:
-    """Names the set of texts a sketch counts: sha256 of the sorted content hashes."""
-    digest = hashlib.sha256()
-    for content_hash in sorted(hashes):
-        digest.update(content_hash.encode("ascii"))
-        digest.update(b"\n")
-    return digest.hexdigest()
+def owned_version(hashes) -> str:
+    """Names the set of texts a sketch counts."""
+    return hash_set_digest(hashes)
 
 
 def sketch_path(paths: DataPaths, producer: str, shard: str):
@@ -206,24 +204,20 @@ def density(
     merged_file = merged.save(sketch_dir / "merged.race")
     register_producer(store, producer, "density", {"embedder": embedding_producer, **config.model_dump()},
                       f"density:{embedding_producer}")
-    # Query shard by shard (memory bounded by the largest shard's embeddings), then replace
-    # the old densities in one transaction: a crash leaves the previous table whole.
-    frames = []
-    for shard in shard_names:
-        hashes = first_occurrences(store, shard)
-        frames.append(pl.DataFrame({
-            "content_hash": hashes,
-            "producer_id": producer,
-            "value": merged.query(load_embeddings(store, embedding_producer, hashes)),
-            "value_norm": pl.Series([None] * len(hashes), dtype=pl.Float64),
-            "problem": pl.Series([None] * len(hashes), dtype=pl.String),
-            "run_id": context.run.run_id,
-        }))
-    values = np.concatenate([f["value"].to_numpy() for f in frames])
+    # Query shard by shard (memory bounded by the largest shard's embeddings) into one file that
+    # replaces the previous densities whole: a crash leaves the previous file as it was.
+    parts: list[np.ndarray] = []
+
+    def shard_tables():
+        for shard in shard_names:
+            hashes = first_occurrences(store, shard)
+            values = merged.query(load_embeddings(store, embedding_producer, hashes))
+            parts.append(np.asarray(values, dtype=np.float64))
+            yield attributes.score_table(producer, hashes, parts[-1])
+
+    attributes.replace_corpus_wide(store.attributes, producer, shard_tables())
+    values = np.concatenate(parts)
     with store.transaction() as con:
-        con.execute("DELETE FROM scores WHERE producer_id = ?", [producer])
-        for frame in frames:
-            insert_frame(con, "scores", frame)
         register_artifact(con, merged_file, "density_sketch_merged", context.run.run_id, producer, None, merged.n_docs)
         record_run(con, context, config.model_dump(), producer, outputs={"n_docs": merged.n_docs})
     png = histogram_png(values, "density (RACE sketch)", paths.dir("reports", "density") / "density.png")
@@ -265,7 +259,7 @@ def clusters(
     result = clustering.kmeans(vectors, k=config.n_clusters or None, seed=config.seed)
     clustering_id = make_producer_id(
         "kmeans", embedder=embedding_producer, k=result.k, seed=config.seed,
-        input_version=make_producer_id("input", hashes=hashes),
+        input_version=input_version(hashes),
     )
     # Recorded as a producer so a selection can check the clusters match the embeddings it reads.
     register_producer(store, clustering_id, "clusters", {"embedder": embedding_producer, "k": result.k,

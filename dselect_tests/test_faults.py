@@ -202,8 +202,8 @@ def test_corrupt_files_name_themselves_and_how_to_rebuild(tmp_path, instance):
         dg.materialize([density.density], instance=instance, resources=resources)
 
     (vectors,) = (store.attributes / next(p for p in attributes.producers_on_disk(store.attributes)
-                                           if p.startswith("embedding:"))).rglob("*.parquet")
-    Path(vectors).write_bytes(b"not a parquet file")
+                                           if p.startswith("embedding:"))).rglob("*.npy")
+    Path(vectors).write_bytes(b"not a numpy file")
     with pytest.raises(Exception, match=rf"{Path(vectors).name}: unreadable embedding file.*re-materialize embeddings"):
         dg.materialize([density.density_sketch], partition_key="a.jsonl", instance=instance, resources=resources)
 

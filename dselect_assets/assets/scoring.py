@@ -254,7 +254,8 @@ def perplexity_scores(
     code_version=SCORING_VERSION,
     kinds={"pytorch", "parquet"},
     check_specs=[checks.spec("unit_norm_and_dimension", "embeddings", "every vector has the model's dimension and unit norm")],
-    description="L2-normalized sentence embeddings (float32 vectors in attribute files) keyed by content hash.",
+    description="L2-normalized sentence embeddings (float32 .npy beside a Parquet file of content hashes, "
+    "per shard chunk).",
 )
 def embeddings(
     context: dg.AssetExecutionContext,
@@ -272,8 +273,7 @@ def embeddings(
 
     def commit(chunk: pl.DataFrame) -> None:
         vectors = model.embed(chunk["text"].to_list()).astype(np.float32, copy=False)
-        attributes.write_chunk(store.attributes, producer, shard,
-                               attributes.vector_table(chunk["content_hash"].to_list(), vectors))
+        attributes.write_vectors(store.attributes, producer, shard, chunk["content_hash"].to_list(), vectors)
 
     run_in_chunks(context, todo, config.chunk_size * 4, commit)
     attributes.compact(store.attributes, producer, shard)

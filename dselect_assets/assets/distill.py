@@ -12,7 +12,6 @@ and every shard is re-predicted, cheaply. The algorithms live in
 `dselect_assets.core.distill`.
 """
 
-import json
 import math
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from dselect_assets.core.hashing import content_hash
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.judge_eval import ProbeFileError, load_probe, roc_auc
 from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, EmbedderResource
-from dselect_assets.store import attributes
+from dselect_assets.store import attributes, catalogue, coverage
 
 KIND = "ask_llm_distilled"
 PROBE_ARTIFACT = "ask_llm_probe"
@@ -54,12 +53,12 @@ def distilled_resource(judge_producer: str, embedding_producer: str) -> str:
 
 def resolve_distilled(store: DuckDBStore, judge_producer: str, embedding_producer: str) -> str:
     """The distilled producer a selection reads for the judge and embedder configured now."""
-    rows = store.query("SELECT producer_id FROM resource_producers WHERE resource = ?",
-                       [distilled_resource(judge_producer, embedding_producer)])
-    if not rows:
+    with store.connect(read_only=True) as con:
+        producer = catalogue.resource_producer(con, distilled_resource(judge_producer, embedding_producer))
+    if producer is None:
         raise MissingUpstream(f"no Ask-LLM probe distilled from {judge_producer} on {embedding_producer}; "
                               "materialize ask_llm_probe, then ask_llm_distilled_scores for every shard")
-    return rows[0][0]
+    return producer
 
 
 class ProbeConfig(dg.Config):
@@ -164,15 +163,12 @@ def _round(value: float, digits: int = 4):
 
 def find_probe(store: DuckDBStore, embedding_producer: str, wanted: str = "") -> "tuple[str, Path]":
     """(producer id, file) of the newest probe fitted on `embedding_producer` vectors, or of `wanted`."""
-    rows = store.query(
-        "SELECT a.producer_id, a.path, p.identity_json FROM artifacts a JOIN producers p USING (producer_id)"
-        " WHERE a.kind = ? ORDER BY a.created_at DESC",
-        [PROBE_ARTIFACT],
-    )
-    for producer, path, identity in rows:
+    with store.connect(read_only=True) as con:
+        probes = catalogue.artifacts_of_kind(con, PROBE_ARTIFACT)
+    for producer, path, identity in probes:
         if wanted and producer != wanted:
             continue
-        if json.loads(identity).get("embedder") == embedding_producer and Path(path).is_file():
+        if identity.get("embedder") == embedding_producer and Path(path).is_file():
             return producer, Path(path)
     which = f"probe {wanted}" if wanted else "no Ask-LLM probe"
     raise MissingUpstream(f"{which} fitted on embeddings from {embedding_producer} was found; "
@@ -211,8 +207,8 @@ def ask_llm_probe(
     other = distill.TARGETS[1 - col]
     embedding_producer = make_producer_id("embedding", **load_model(embedder).identity)
 
-    corpus = pl.DataFrame(store.query("SELECT content_hash, shard, n_chars FROM contents ORDER BY content_hash"),
-                          schema={"content_hash": pl.String, "shard": pl.String, "n_chars": pl.Int64}, orient="row")
+    with store.connect(read_only=True) as con:
+        corpus = pl.from_arrow(coverage.contents_columns(con))
     hashes = corpus["content_hash"].to_list()
     if not hashes:
         raise dg.Failure("no documents in the corpus; materialize documents for at least one shard")

@@ -194,7 +194,7 @@ def read_producers(store: DuckDBStore, needs: set[str], config: SelectionConfig,
 
 def score_column(store: DuckDBStore, producer: str, kind: str, hashes: pa.Array, column: str = "value") -> np.ndarray:
     """One score per eligible document from `producer`; NaN where unscorable."""
-    hashes = pa.array(hashes, pa.string()) if isinstance(hashes, list) else hashes
+    hashes = attributes.as_strings(hashes)
     with duckdb.connect() as con:
         values, found = attributes.read_values(con, store.attributes, producer, hashes, column)
     if not found.all():

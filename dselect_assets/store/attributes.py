@@ -24,7 +24,7 @@ import glob
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
@@ -55,8 +55,25 @@ def key_sql(column: str) -> str:
     return f"unhex(left({column}, {2 * HASH_BYTES}))"
 
 
-def hash_keys(hex_hashes: Iterable[str]) -> pa.FixedSizeBinaryArray:
-    return pa.array([bytes.fromhex(h[: 2 * HASH_BYTES]) for h in hex_hashes], pa.binary(HASH_BYTES))
+def as_strings(hex_hashes) -> pa.StringArray:
+    """Content hashes as one Arrow string array, from a list, a Series' Arrow array or a chunked array."""
+    if isinstance(hex_hashes, pa.ChunkedArray):
+        hex_hashes = hex_hashes.combine_chunks()
+    if not isinstance(hex_hashes, pa.Array):
+        hex_hashes = pa.array(list(hex_hashes), pa.string())
+    return hex_hashes.cast(pa.string())
+
+
+def hash_keys(hex_hashes) -> pa.FixedSizeBinaryArray:
+    """The 16-byte keys of 64-hex content hashes, decoded from the Arrow buffer in one call."""
+    hashes = as_strings(hex_hashes)
+    n = len(hashes)
+    offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int32)[hashes.offset: hashes.offset + n + 1]
+    if n and hashes.null_count == 0 and np.all(np.diff(offsets) == 64):
+        chars = np.frombuffer(hashes.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].reshape(n, 64)
+        raw = bytes.fromhex(chars[:, : 2 * HASH_BYTES].tobytes().decode("ascii"))
+        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(HASH_BYTES), n, [None, pa.py_buffer(raw)])
+    return pa.array([bytes.fromhex(h[: 2 * HASH_BYTES]) for h in hashes.to_pylist()], pa.binary(HASH_BYTES))
 
 
 def kind_of(producer: str) -> str:
@@ -99,7 +116,7 @@ def _chunk_name(keys: pa.Array) -> str:
     return hashlib.sha256(b"".join(keys.to_pylist())).hexdigest()[:32] + ".parquet"
 
 
-def score_table(producer: str, hex_hashes: Sequence[str], value: np.ndarray,
+def score_table(producer: str, hex_hashes, value: np.ndarray,
                 value_norm: np.ndarray | None = None) -> pa.Table:
     """The attribute table of `producer`'s kind; NaN values are stored as null with the reason."""
     value = np.asarray(value, dtype=np.float64)
@@ -124,7 +141,7 @@ def _save_npy_atomically(vectors: np.ndarray, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_vectors(root: Path, producer: str, shard: str, hex_hashes: Sequence[str], vectors: np.ndarray) -> Path:
+def write_vectors(root: Path, producer: str, shard: str, hex_hashes, vectors: np.ndarray) -> Path:
     """Write one chunk of embeddings: the vectors as `<chunk>.npy`, then the hash file `<chunk>.parquet`
     (row i of one is row i of the other). The hash file is the commit: readers list hash files, so
     a kill between the two leaves only an .npy nobody reads, replaced by the re-run of the chunk.
@@ -183,8 +200,7 @@ def _query(con: duckdb.DuckDBPyConnection, sql: str, params: list, what: str, pr
 
 
 def _wanted(con: duckdb.DuckDBPyConnection, hex_hashes) -> str:
-    hashes = hex_hashes if isinstance(hex_hashes, (pa.Array, pa.ChunkedArray)) else pa.array(hex_hashes, pa.string())
-    con.register("_wanted_hashes", pa.table({"content_hash": hashes}))
+    con.register("_wanted_hashes", pa.table({"content_hash": as_strings(hex_hashes)}))
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _wanted AS SELECT (row_number() OVER () - 1)::BIGINT AS position,"
         f" {key_sql('content_hash')} AS key FROM _wanted_hashes"
@@ -256,7 +272,7 @@ def read_vectors(con: duckdb.DuckDBPyConnection, root: Path, producer: str, hex_
                          [files], "embedding", producer)
         found[located["position"].to_numpy()] = True
     if not found.all():
-        first = next(h for h, ok in zip(hex_hashes, found) if not ok)
+        first = as_strings(hex_hashes)[int(np.flatnonzero(~found)[0])].as_py()
         raise MissingUpstream(
             f"{int((~found).sum())} documents have no embedding from {producer} (e.g. {first}); "
             "materialize the embeddings asset for every shard first"

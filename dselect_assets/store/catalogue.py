@@ -80,6 +80,16 @@ def producer_exists(con: duckdb.DuckDBPyConnection, producer: str, kind: str) ->
     return bool(con.execute("SELECT 1 FROM producers WHERE producer_id = ? AND kind = ?", [producer, kind]).fetchall())
 
 
+def artifacts_of_kind(con: duckdb.DuckDBPyConnection, kind: str) -> list[tuple[str, str, dict]]:
+    """(producer id, path, producer identity) of every artifact of `kind`, newest first."""
+    rows = con.execute(
+        "SELECT a.producer_id, a.path, p.identity_json FROM artifacts a JOIN producers p USING (producer_id)"
+        " WHERE a.kind = ? ORDER BY a.created_at DESC",
+        [kind],
+    ).fetchall()
+    return [(producer, path, json.loads(identity)) for producer, path, identity in rows]
+
+
 # ------------------------------------------------------------ records left by workers
 
 

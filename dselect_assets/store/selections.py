@@ -5,15 +5,17 @@ results come back aligned with them (row i for hash i)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
+from dselect_assets.store import attributes
+
 
 def _register_positions(con: duckdb.DuckDBPyConnection, hex_hashes, name: str = "_positions") -> str:
-    hashes = hex_hashes if isinstance(hex_hashes, (pa.Array, pa.ChunkedArray)) else pa.array(hex_hashes, pa.string())
-    con.register(f"{name}_in", pa.table({"content_hash": hashes}))
+    con.register(f"{name}_in", pa.table({"content_hash": attributes.as_strings(hex_hashes)}))
     con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS"
                 f" SELECT (row_number() OVER () - 1)::BIGINT AS position, content_hash FROM {name}_in")
     con.unregister(f"{name}_in")
@@ -75,4 +77,54 @@ def record_selection(con: duckdb.DuckDBPyConnection, row: dict, kept: pa.Array) 
          json.dumps(row["config"], sort_keys=True), json.dumps(row["producers"], sort_keys=True),
          row["input_version"], row["n_considered"], row["n_kept"], row["export_path"], row["export_sha256"],
          row["run_id"]],
+    )
+
+
+def eval_leaks(con: duckdb.DuckDBPyConnection, selection_id: str) -> int:
+    """How many members of the selection an evaluation set holds."""
+    return con.execute(
+        "SELECT count(*) FROM selection_members m JOIN eval_documents e USING (content_hash)"
+        " WHERE m.selection_id = ?", [selection_id],
+    ).fetchall()[0][0]
+
+
+def latest_selection(con: duckdb.DuckDBPyConnection, key: str) -> tuple[str, str, str] | None:
+    """(selection id, export path, export sha256) of the newest selection of partition `key`."""
+    rows = con.execute(
+        "SELECT selection_id, export_path, export_sha256 FROM selections WHERE selection_key = ?"
+        " ORDER BY created_at DESC LIMIT 1", [key],
+    ).fetchall()
+    return rows[0] if rows else None
+
+
+def documents_files(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [path for (path,) in con.execute("SELECT documents_file FROM shards").fetchall()]
+
+
+def _literal(value) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def stage_export(con: duckdb.DuckDBPyConnection, selection_file: Path, staged: Path,
+                 with_metadata: list[Path]) -> None:
+    """Write to `staged` (Parquet) the selection's rows in its order, with each document's source
+    shard and, from the documents files in `with_metadata`, the metadata ingest carried. DuckDB
+    streams the join to disk."""
+    if with_metadata:
+        files = "[" + ", ".join(_literal(f) for f in with_metadata) + "]"
+        metadata_join = (
+            f" LEFT JOIN read_parquet({files}, filename = true, union_by_name = true) m"
+            " ON m.filename = s.documents_file AND m.row_number = c.row_number"
+        )
+        metadata = "m.metadata"
+    else:  # shards ingested before metadata was carried
+        metadata_join, metadata = "", "CAST(NULL AS VARCHAR)"
+    con.execute(
+        "COPY (SELECT e.id, e.text, c.shard AS source, "
+        f"{metadata} AS metadata, e.* EXCLUDE (id, text, file_row_number)"
+        f" FROM read_parquet({_literal(selection_file)}, file_row_number = true) e"
+        " LEFT JOIN contents c USING (content_hash)"
+        " LEFT JOIN shards s ON s.shard = c.shard"
+        f"{metadata_join}"
+        f" ORDER BY e.file_row_number) TO {_literal(staged)} (FORMAT parquet, COMPRESSION zstd)"
     )

@@ -31,17 +31,23 @@ DOCUMENTS = [
 ]
 
 
-def old_store(tmp_path):
-    """A store at the schema of the code before 005, filled with rows the way it wrote them."""
-    old_sql = tmp_path / "sql-before-005"
+def schema_before(tmp_path, version: int, database) -> duckdb.DuckDBPyConnection:
+    """A connection to a new store at the schema of the code before migration `version`."""
+    old_sql = tmp_path / f"sql-before-{version:03d}"
     old_sql.mkdir()
     for path in store_module.migration_files():
-        if int(path.name[:3]) < 5:
+        if int(path.name[:3]) < version:
             shutil.copy(path, old_sql / path.name)
-    database = tmp_path / "old.duckdb"
     con = duckdb.connect(str(database))
-    assert store_module.apply_migrations(con, old_sql) == [
-        "001_corpus.sql", "002_scores.sql", "003_selection.sql", "004_training.sql"]
+    applied = store_module.apply_migrations(con, old_sql)
+    assert applied == [p.name for p in sorted(old_sql.glob("*.sql"))]
+    return con
+
+
+def old_store(tmp_path):
+    """A store at the schema of the code before 005, filled with rows the way it wrote them."""
+    database = tmp_path / "old.duckdb"
+    con = schema_before(tmp_path, 5, database)
     for shard in ("c.jsonl", "a.jsonl", "b.jsonl"):  # ingested in this (non-lexical) order
         n = sum(1 for s, _, _ in DOCUMENTS if s == shard)
         con.execute(
@@ -101,16 +107,10 @@ def store_before_008(tmp_path):
 
     from dselect_assets.core.hashing import content_hash
 
-    old_sql = tmp_path / "sql-before-008"
-    old_sql.mkdir()
-    for path in store_module.migration_files():
-        if int(path.name[:3]) < 8:
-            shutil.copy(path, old_sql / path.name)
     home = tmp_path / "home"
     database = home / "dselect.duckdb"
     home.mkdir()
-    con = duckdb.connect(str(database))
-    store_module.apply_migrations(con, old_sql)
+    con = schema_before(tmp_path, 8, database)
     texts = {"a.jsonl": ["alpha", "shared"], "b.jsonl": ["beta", "shared"]}
     hashes = {t: content_hash(t) for ts in texts.values() for t in ts}
     for shard, shard_texts in texts.items():

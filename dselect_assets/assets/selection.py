@@ -249,21 +249,14 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: pa.Array, config: S
 EXPORT_SCORES = {"ask_llm": "ask_llm", "perplexity": "perplexity", "density": "density"}
 
 
-def export_frame(store: DuckDBStore, kept: pa.Array, producers: dict[str, str], ask_llm_value: str) -> pl.DataFrame:
+def write_export(store: DuckDBStore, kept: pa.Array, producers: dict[str, str], ask_llm_value: str,
+                 out_file: Path) -> None:
     """id, content_hash, text and the scores the selection read (the Ask-LLM column it ranked by),
     by content hash; a score the sampler did not read is null."""
+    scores = {kind: (producers.get(kind, ""), ask_llm_value if kind == "ask_llm" else "value")
+              for kind in EXPORT_SCORES}
     with store.connect(read_only=True) as con:
-        ids = selection_store.doc_ids(con, kept)
-    frame = texts_for(store, kept).with_columns(pl.Series("id", ids, dtype=pl.String))
-    for kind in EXPORT_SCORES:
-        if kind not in producers:
-            frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(kind))
-            continue
-        with duckdb.connect() as con:
-            values, _ = attributes.read_values(con, store.attributes, producers[kind], kept,
-                                               ask_llm_value if kind == "ask_llm" else "value")
-        frame = frame.with_columns(pl.Series(kind, values, dtype=pl.Float64).fill_nan(None))
-    return frame.select("id", "content_hash", "text", *EXPORT_SCORES).sort("content_hash")
+        write_atomically(out_file, lambda tmp: selection_store.write_export(con, store.attributes, kept, scores, tmp))
 
 
 @dg.asset(
@@ -321,9 +314,8 @@ def selections(
         input_version=input_version, config=config.model_dump(),
     )
     shown = export_producers(store, config, sources, producers)
-    export = export_frame(store, kept, shown, config.ask_llm_value)
     out_file = paths.dir("selections", key) / f"{selection_id.replace(':', '-')}.parquet"
-    write_atomically(out_file, lambda tmp: export.write_parquet(tmp, compression="zstd", statistics=False))
+    write_export(store, kept, shown, config.ask_llm_value, out_file)
     export_sha = file_sha256(out_file)
 
     with store.transaction() as con:

@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dselect_assets.store import attributes
 
@@ -128,3 +129,42 @@ def stage_export(con: duckdb.DuckDBPyConnection, selection_file: Path, staged: P
         f"{metadata_join}"
         f" ORDER BY e.file_row_number) TO {_literal(staged)} (FORMAT parquet, COMPRESSION zstd)"
     )
+
+
+EXPORT_BATCH_ROWS = 8192
+
+
+def write_export(con: duckdb.DuckDBPyConnection, attributes_root: Path, kept, scores: dict[str, tuple[str, str]],
+                 out_file: Path) -> int:
+    """Write the selection's export: id, content_hash, text and one column per entry of `scores`
+    (name -> (producer, value column); null where absent), sorted by content hash. DuckDB joins the
+    kept hashes with `contents`, the documents files and the attribute files and hands the rows
+    over in batches, so memory holds a batch, not the selection. Returns the rows written."""
+    kept_table = _register_positions(con, kept, "_kept_rows")
+    files = documents_files(con)
+    texts = (f" LEFT JOIN read_parquet([{', '.join(_literal(f) for f in files)}], filename = true) t"
+             " ON t.filename = s.documents_file AND t.row_number = c.row_number") if files else ""
+    columns, joins = [], []
+    for i, (name, (producer, column)) in enumerate(scores.items()):
+        glob = attributes.producer_glob(attributes_root, producer) if producer else None
+        if glob is None:
+            columns.append(f"NULL::DOUBLE AS {name}")
+            continue
+        joins.append(f" LEFT JOIN (SELECT DISTINCT ON (hash) hash, {column}::DOUBLE AS v"
+                     f" FROM read_parquet({_literal(glob)})) a{i} ON a{i}.hash = {attributes.key_sql('k.content_hash')}")
+        columns.append(f"a{i}.v AS {name}")
+    query = (
+        f"SELECT c.doc_id AS id, k.content_hash, {'t.text' if files else 'NULL::VARCHAR'} AS text"
+        + "".join(f", {c}" for c in columns)
+        + f" FROM {kept_table} k LEFT JOIN contents c USING (content_hash) LEFT JOIN shards s ON s.shard = c.shard"
+        + texts + "".join(joins) + " ORDER BY k.content_hash"
+    )
+    schema = pa.schema([("id", pa.string()), ("content_hash", pa.string()), ("text", pa.string())]
+                       + [(name, pa.float64()) for name in scores])
+    reader = con.sql(query).to_arrow_reader(EXPORT_BATCH_ROWS)
+    n = 0
+    with pq.ParquetWriter(out_file, schema, compression="zstd", write_statistics=False) as writer:
+        for batch in reader:
+            writer.write_batch(batch.cast(schema) if batch.schema != schema else batch)
+            n += batch.num_rows
+    return n

@@ -93,17 +93,3 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], limi
     if len(rows) > limit:
         lines.append(f"\n… and {len(rows) - limit} more rows")
     return "\n".join(lines)
-
-
-def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame, ignore_existing: bool = False) -> None:
-    """Insert a polars frame whose columns are the table's, in table order.
-
-    One INSERT ... SELECT from a registered Arrow table: hundreds of times
-    faster in DuckDB than executemany over Python tuples.
-    """
-    con.register("_insert_frame", frame.to_arrow())
-    try:
-        conflict = " ON CONFLICT DO NOTHING" if ignore_existing else ""
-        con.execute(f"INSERT INTO {table} SELECT * FROM _insert_frame{conflict}")
-    finally:
-        con.unregister("_insert_frame")

@@ -90,11 +90,8 @@ def in_validation_split(hashes: pl.Series, fraction: float) -> pl.Series:
 def eval_sets(
     context: dg.AssetExecutionContext, config: EvalSetsConfig, store: DuckDBStore, paths: DataPaths
 ) -> dg.MaterializeResult:
-    contents = pl.DataFrame(
-        store.query("SELECT content_hash, doc_id FROM contents ORDER BY content_hash"),
-        schema={"content_hash": pl.String, "doc_id": pl.String},  # typed even when empty
-        orient="row",
-    )
+    with store.connect(read_only=True) as con:
+        contents = pl.from_arrow(selection_store.contents_ids(con))
     validation = contents.filter(in_validation_split(contents["content_hash"], config.validation_fraction))
     validation = validation.join(texts_for(store, validation["content_hash"].to_list()), on="content_hash")
 
@@ -111,19 +108,14 @@ def eval_sets(
     out_dir = paths.dir("eval")
     stats, digests = {}, {}
     with store.transaction() as con:
-        con.execute("DELETE FROM eval_documents")
+        selection_store.clear_eval_sets(con)
         for name, frame in (("in_distribution", validation), ("high_quality", high_quality)):
             out_file = out_dir / f"{name}.parquet"
             frame.select("content_hash", "doc_id", "text").write_parquet(out_file, compression="zstd")
-            con.register("frame", frame.select("content_hash", "doc_id").to_arrow())
-            con.execute(f"INSERT INTO eval_documents SELECT '{name}', content_hash, doc_id FROM frame")
-            con.unregister("frame")
+            selection_store.replace_eval_set(con, name, frame.select("content_hash", "doc_id").to_arrow())
             digests[name] = register_artifact(con, out_file, "eval_set", context.run.run_id, name, None, frame.height)
             stats[name] = frame.height
-        in_corpus = con.execute(
-            "SELECT count(*) FROM eval_documents e JOIN contents c USING (content_hash)"
-            " WHERE e.eval_set = 'high_quality'"
-        ).fetchone()[0]
+        in_corpus = selection_store.eval_texts_in_corpus(con, "high_quality")
         record_run(con, context, config.model_dump(), outputs=stats)
     return dg.MaterializeResult(
         metadata={
@@ -137,7 +129,8 @@ def eval_sets(
 
 
 def eval_hashes(store: DuckDBStore) -> set[str]:
-    return {r[0] for r in store.query("SELECT content_hash FROM eval_documents")}
+    with store.connect(read_only=True) as con:
+        return set(selection_store.held_out_hashes(con).to_pylist())
 
 
 # ------------------------------------------------------------------ selections

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 
 from dselect_assets.store import attributes, documents
+from dselect_assets.store import selections as selection_store
 from dselect_assets.store.errors import CorruptFile, MissingUpstream
 from dselect_assets.resources import DataPaths, DuckDBStore
 
@@ -40,12 +41,7 @@ def texts_for(store: DuckDBStore, content_hashes) -> pl.DataFrame:
     """Text of each given content hash (first occurrence), in the order given."""
     wanted = pl.DataFrame({"content_hash": pl.Series(content_hashes, dtype=pl.String)})
     with store.connect(read_only=True) as con:
-        con.register("wanted", wanted.to_arrow())
-        located = con.sql(
-            "SELECT c.content_hash, c.shard, c.row_number, s.documents_file FROM contents c"
-            " JOIN wanted w USING (content_hash) JOIN shards s USING (shard)"
-        ).to_arrow_table()
-        located = pl.from_arrow(located)
+        located = pl.from_arrow(selection_store.locate_texts(con, wanted["content_hash"].to_arrow()))
     parts = []
     for documents_file, group in located.group_by("documents_file"):
         texts = read_documents_file(documents_file[0], ["row_number", "text"])

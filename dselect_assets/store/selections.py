@@ -32,6 +32,41 @@ def eligible_hashes(con: duckdb.DuckDBPyConnection) -> pa.Array:
     return table["content_hash"].combine_chunks().cast(pa.string())
 
 
+def contents_ids(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """content_hash and first-occurrence doc_id of every distinct text, sorted by hash."""
+    return con.sql("SELECT content_hash, doc_id FROM contents ORDER BY content_hash").to_arrow_table()
+
+
+def locate_texts(con: duckdb.DuckDBPyConnection, hex_hashes) -> pa.Table:
+    """(content_hash, row_number, documents_file) of each given text's first occurrence."""
+    positions = _register_positions(con, hex_hashes)
+    return con.sql(
+        f"SELECT c.content_hash, c.row_number, s.documents_file FROM contents c"
+        f" JOIN {positions} w USING (content_hash) JOIN shards s USING (shard)"
+    ).to_arrow_table()
+
+
+def replace_eval_set(con: duckdb.DuckDBPyConnection, name: str, documents: pa.Table) -> None:
+    """The documents (content_hash, doc_id) of evaluation set `name` (inside the caller's transaction,
+    after clear_eval_sets)."""
+    con.register("_eval_set", documents)
+    con.execute("INSERT INTO eval_documents SELECT ?, content_hash, doc_id FROM _eval_set", [name])
+    con.unregister("_eval_set")
+
+
+def clear_eval_sets(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("DELETE FROM eval_documents")
+
+
+def eval_texts_in_corpus(con: duckdb.DuckDBPyConnection, name: str) -> int:
+    return con.execute("SELECT count(*) FROM eval_documents e JOIN contents c USING (content_hash)"
+                       " WHERE e.eval_set = ?", [name]).fetchall()[0][0]
+
+
+def held_out_hashes(con: duckdb.DuckDBPyConnection) -> pa.Array:
+    return con.sql("SELECT DISTINCT content_hash FROM eval_documents").to_arrow_table()["content_hash"].combine_chunks()
+
+
 def held_out_count(con: duckdb.DuckDBPyConnection) -> int:
     return con.execute("SELECT count(DISTINCT content_hash) FROM eval_documents").fetchall()[0][0]
 

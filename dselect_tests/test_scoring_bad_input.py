@@ -52,4 +52,4 @@ def test_shard_with_zero_documents_scores_nothing_and_passes(workspace, instance
         assert materialization_metadata(result, asset)["documents"] == 0
     assert materialization_metadata(result, "density_sketch")["documents_sketched"] == 0
     assert all(c.passed for c in result.get_asset_check_evaluations())
-    assert density.first_occurrences(resources["store"], "empty.jsonl") == []
+    assert density.first_occurrences(resources["store"], "empty.jsonl").to_pylist() == []

@@ -35,10 +35,10 @@ def _move_scores(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     )
     groups = con.execute("SELECT DISTINCT producer_id, shard FROM _score_files ORDER BY ALL").fetchall()
     for producer, shard in groups:
-        rows = con.execute(
+        rows = con.sql(
             "SELECT s.content_hash, s.value, s.value_norm FROM scores s JOIN _score_files f"
             " USING (content_hash, producer_id) WHERE f.producer_id = ? AND f.shard = ? ORDER BY s.content_hash",
-            [producer, shard],
+            params=[producer, shard],
         ).to_arrow_table()
         value = rows["value"].to_numpy(zero_copy_only=False).astype(np.float64)
         norm = rows["value_norm"].to_numpy(zero_copy_only=False).astype(np.float64)

@@ -165,35 +165,20 @@ def _resources(home: Path, corpus: Path) -> dict:
 
 
 def write_standin_embeddings(resources: dict, shard_names: list[str]) -> None:
-    """What the embeddings asset records, written in one bulk insert per shard.
-
-    The asset itself inserts its index rows with `executemany ... ON CONFLICT`,
-    which costs ~2 ms a row in DuckDB (100k documents: minutes of bookkeeping);
-    `--embeddings-asset` runs it anyway.
-    """
-    import pyarrow as pa
-
+    """What the embeddings asset writes (one attribute file per shard: hashes + .npy), from a
+    stand-in embedder without the asset's bookkeeping; `--embeddings-asset` runs the asset."""
     from dselect_assets.assets.scoring import register_producer
     from dselect_assets.assets.shard_reader import shard_texts
     from dselect_assets.core.hashing import producer_id as make_producer_id
+    from dselect_assets.store import attributes
 
     store, paths, model = resources["store"], resources["paths"], HashedBagOfWords()
     producer = make_producer_id("embedding", **model.identity)
     register_producer(store, producer, "embedding", model.identity)
     for shard in shard_names:
-        docs = shard_texts(store, shard)
-        out_file = paths.dir("embeddings", producer.replace(":", "-"), shard) / "stand-in.npy"
-        np.save(out_file, model.embed(docs["text"].to_list()))
-        index = pa.table({
-            "content_hash": docs["content_hash"].to_arrow(),
-            "producer_id": pa.array([producer] * docs.height),
-            "file": pa.array([str(out_file)] * docs.height),
-            "row_in_file": pa.array(range(docs.height), pa.int32()),
-        })
-        with store.transaction() as con:
-            con.register("chunk_index", index)
-            con.execute("INSERT INTO embedding_index SELECT * FROM chunk_index ON CONFLICT DO NOTHING")
-            con.unregister("chunk_index")
+        docs = shard_texts(paths, shard)
+        attributes.write_vectors(store.attributes, producer, shard, docs["content_hash"].to_arrow(),
+                                 model.embed(docs["text"].to_list()))
 
 
 def run_stage(stage: str, home: Path, corpus: Path) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from dselect_assets.core import store
+from dselect_assets import store
 
 
 def default_home() -> Path:
@@ -50,9 +50,15 @@ class DataPaths(dg.ConfigurableResource):
 
 
 class DuckDBStore(dg.ConfigurableResource):
-    """The DuckDB metadata store (one file), opened briefly and retried while locked."""
+    """The DuckDB catalogue (one file), opened briefly and retried while locked, and the directory
+    of attribute files (scores, embeddings) it queries.
+
+    attributes_dir (default $DSELECT_ATTRIBUTES_DIR, else `attributes/` beside the DuckDB file) is
+    all a scoring worker needs: it reads and writes files there and never opens the DuckDB file.
+    """
 
     database: str = ""
+    attributes_dir: str = ""
     lock_timeout_s: float = store.DEFAULT_LOCK_TIMEOUT_S
 
     @property
@@ -62,14 +68,20 @@ class DuckDBStore(dg.ConfigurableResource):
         env = os.environ.get("DSELECT_DB")
         return Path(env).resolve() if env else default_home() / "dselect.duckdb"
 
+    @property
+    def attributes(self) -> Path:
+        configured = self.attributes_dir or os.environ.get("DSELECT_ATTRIBUTES_DIR")
+        return Path(configured).resolve() if configured else self.path.parent / "attributes"
+
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        with store.connect(self.path, read_only=read_only, lock_timeout_s=self.lock_timeout_s) as con:
+        with store.connect(self.path, read_only=read_only, lock_timeout_s=self.lock_timeout_s,
+                           attributes_dir=self.attributes) as con:
             yield con
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with store.connect(self.path, lock_timeout_s=self.lock_timeout_s) as con:
+        with store.connect(self.path, lock_timeout_s=self.lock_timeout_s, attributes_dir=self.attributes) as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con

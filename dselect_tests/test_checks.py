@@ -81,16 +81,18 @@ def test_probe_separation_reports_auc_and_flags_a_weak_scorer(tmp_path):
 
     from dselect_assets.assets.scoring import probe_separation
     from dselect_assets.core.hashing import content_hash
+    from dselect_assets.store import attributes
 
     probe = tmp_path / "judge_probe.jsonl"
     texts = {f"informative {i}": 1 for i in range(4)} | {f"junk {i}": 0 for i in range(4)}
     probe.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in texts.items()))
     store = DuckDBStore(database=str(tmp_path / "p.duckdb"))
-    with store.transaction() as con:
-        for i, (text, label) in enumerate(texts.items()):
-            good = 0.9 - 0.01 * i if label else 0.1 + 0.01 * i  # separates perfectly
-            con.execute("INSERT INTO scores VALUES (?, 'good', ?, ?, NULL, 'r')", [content_hash(text), good, good])
-            con.execute("INSERT INTO scores VALUES (?, 'coin', ?, ?, NULL, 'r')", [content_hash(text), i % 2, i % 2])
+    hashes = [content_hash(text) for text in texts]
+    good = np.array([0.9 - 0.01 * i if label else 0.1 + 0.01 * i for i, label in enumerate(texts.values())])
+    coin = np.arange(len(texts)) % 2.0
+    for producer, values in (("good", good), ("coin", coin)):  # "good" separates perfectly
+        attributes.write_chunk(store.attributes, producer, "p.jsonl",
+                               attributes.score_table(producer, hashes, values, values))
     strong = probe_separation(store, probe, "good", "value", 1.0)
     assert strong["probe_roc_auc"] == 1.0 and not strong["probe_verdict"].startswith("WEAK")
     assert probe_separation(store, probe, "good", "value", -1.0)["probe_roc_auc"] == 0.0

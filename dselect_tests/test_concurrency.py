@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
+from dselect_assets.store import attributes
 
 pytestmark = pytest.mark.heavy
 
@@ -34,7 +36,7 @@ WORDS = ("river", "treaty", "engine", "glacier", "harbour", "violin", "orbit", "
 READER = """
 import json, sys, time
 from pathlib import Path
-from dselect_assets.core import store
+from dselect_assets import store
 db, stop, report = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 reads, errors, seen = 0, [], 0
 while not stop.exists():
@@ -126,6 +128,8 @@ def test_four_shards_at_once_beside_a_reader(tmp_path):
     duplicate_reasons = store.query("SELECT count(*) FROM quarantine WHERE reason LIKE 'duplicate id%'")[0][0]
     assert duplicate_reasons == SHARED_IDS * (len(SHARDS) - 1)
     # Every distinct text has exactly one embedding, written once.
-    rows, distinct = store.query("SELECT count(*), count(DISTINCT content_hash) FROM embedding_index")[0]
+    (producer,) = attributes.producers_on_disk(store.attributes)
+    rows, distinct = duckdb.sql("SELECT count(*), count(DISTINCT hash) FROM read_parquet(?)",
+                                params=[attributes.producer_glob(store.attributes, producer)]).fetchall()[0]
     n_texts = store.query("SELECT count(DISTINCT content_hash) FROM documents")[0][0]
     assert rows == distinct == n_texts

@@ -5,8 +5,9 @@ broker (dagster-celery). The heavy test starts it on loopback itself (Debian's r
 with a password, and two `celery -A dagster_celery.app worker` processes of one slot each,
 matching the machine's 2 CPUs), shows that a Redis client, an enqueue and a worker without the
 password are all refused, scores two shards of the real default corpus through it with
-`dagster job execute` against a persistent DAGSTER_HOME, checks that every step ran inside an
-authenticated worker, that every score landed in DuckDB exactly once and that the password is
+`dagster job execute` against a persistent DAGSTER_HOME, with the DuckDB file out of the workers'
+reach (a path no process can open), checks that every step ran inside an authenticated worker,
+that every score landed in the attribute files exactly once and reached the catalogue and that the password is
 nowhere in the Dagster instance (runs, snapshots, event log), and stops the engine in a
 `finally`.
 
@@ -37,8 +38,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from dselect_assets.assets import corpus
 from dselect_assets.deployments import BACKEND_ENV, BROKER_ENV, DeploymentConfigError, celery_executor_config
 from dselect_assets.resources import DuckDBStore
+from dselect_assets.store import attributes
 from dselect_tests.pipeline_fixtures import build_source_corpus, small_resources, write_slice
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +50,8 @@ INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install_cluster_engine.sh"
 N_WORKERS = 2
 SHARDS = {"a.jsonl": "shard-000.jsonl", "b.jsonl": "shard-001.jsonl"}
 DOCS_PER_SHARD = 10
-SHARD_STEPS = {"documents", "embeddings", "ask_llm_scores", "perplexity_scores", "density_sketch"}
+# The scoring steps of shard_job: the workers run them with the DuckDB file out of reach.
+SHARD_STEPS = {"embeddings", "ask_llm_scores", "perplexity_scores"}
 ENGINE_START_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 300
 STOP_GRACE_S = 15
@@ -255,9 +259,11 @@ def running_engine(work: Path, env: dict[str, str]) -> Iterator[Engine]:
         assert not leftovers, f"engine processes still running after shutdown: {leftovers}"
 
 
-def _run_config(home: Path, corpus_dir: Path) -> dict:
-    """The small model settings of the other end-to-end tests, as run config the workers receive."""
+def _run_config(home: Path, corpus_dir: Path, unreachable_database: Path) -> dict:
+    """The small model settings of the other end-to-end tests, as run config the workers receive,
+    with a DuckDB path no process can open: the attribute files are all a scoring worker needs."""
     resources = small_resources(home, corpus_dir)
+    resources["store"] = DuckDBStore(database=str(unreachable_database), attributes_dir=str(home / "attributes"))
     return {"resources": {name: {"config": r.model_dump(exclude_defaults=True)} for name, r in resources.items()}}
 
 
@@ -329,11 +335,20 @@ def test_two_shards_scored_by_celery_workers_exactly_once(tmp_path):
     home, corpus_dir, dagster_home = tmp_path / "home", tmp_path / "corpus", tmp_path / "dagster_home"
     for directory in (home, corpus_dir, dagster_home):
         directory.mkdir()
+    ingesting = dg.DagsterInstance.ephemeral()
+    ingesting.add_dynamic_partitions("shards", list(SHARDS))
     for shard, source in SHARDS.items():
         write_slice(src_corpus / source, corpus_dir / shard, 0, DOCS_PER_SHARD)
+        # Ingested here, on the orchestrating side, where the catalogue is.
+        dg.materialize([corpus.documents], partition_key=shard, resources=small_resources(home, corpus_dir),
+                       instance=ingesting)
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+    # Below a plain file: opening it, or creating it, fails for any user, root included.
+    not_a_directory = tmp_path / "not-a-directory"
+    not_a_directory.write_text("", encoding="utf-8")
+    unreachable = not_a_directory / "dselect.duckdb"
     run_config = tmp_path / "run_config.json"  # JSON is YAML, which `dagster job execute -c` reads
-    run_config.write_text(json.dumps(_run_config(home, corpus_dir)), encoding="utf-8")
+    run_config.write_text(json.dumps(_run_config(home, corpus_dir, unreachable)), encoding="utf-8")
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         instance.add_dynamic_partitions("shards", list(SHARDS))
 
@@ -360,7 +375,8 @@ def test_two_shards_scored_by_celery_workers_exactly_once(tmp_path):
         drivers = {
             shard: subprocess.Popen(
                 [sys.executable, "-m", "dagster", "job", "execute", "-m", "dselect_assets.definitions",
-                 "-j", "shard_job", "--tags", json.dumps({"dagster/partition": shard}), "-c", str(run_config)],
+                 "-j", "shard_job", "-o", ",".join(sorted(SHARD_STEPS)),
+                 "--tags", json.dumps({"dagster/partition": shard}), "-c", str(run_config)],
                 cwd=REPO_ROOT, env=driver_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -403,6 +419,8 @@ def test_two_shards_scored_by_celery_workers_exactly_once(tmp_path):
         run_ids = {r.run_id for r in runs}
         _assert_password_not_in_instance(instance, dagster_home, engine.password)
 
+    assert not unreachable.exists()
+    # The catalogue takes in what the workers recorded beside their files when it is next opened.
     store = DuckDBStore(database=str(home / "dselect.duckdb"))
     n_docs = store.query("SELECT count(DISTINCT content_hash) FROM documents")[0][0]
     per_shard = dict(store.query("SELECT shard, count(*) FROM documents GROUP BY shard"))
@@ -410,16 +428,18 @@ def test_two_shards_scored_by_celery_workers_exactly_once(tmp_path):
     producers = store.query("SELECT producer_id, kind FROM producers ORDER BY kind")
     assert sorted(kind for _, kind in producers) == ["ask_llm", "embedding", "perplexity"]
     for producer, kind in producers:
-        table = "embedding_index" if kind == "embedding" else "scores"
-        rows, distinct = store.query(
-            f"SELECT count(*), count(DISTINCT content_hash) FROM {table} WHERE producer_id = ?", [producer])[0]
+        files = attributes.producer_glob(store.attributes, producer)
+        rows, distinct = store.query("SELECT count(*), count(DISTINCT hash) FROM read_parquet(?)", [files])[0]
         assert rows == distinct == n_docs, f"{kind}: {rows} rows for {distinct} documents, {n_docs} expected"
         unscored = store.query(
-            f"SELECT d.shard, count(*) FROM documents d ANTI JOIN {table} t"
-            " ON t.content_hash = d.content_hash AND t.producer_id = ? GROUP BY d.shard", [producer])
+            f"SELECT d.shard, count(*) FROM documents d ANTI JOIN read_parquet(?) t"
+            f" ON t.hash = {attributes.key_sql('d.content_hash')} GROUP BY d.shard", [files])
         assert unscored == [], f"{kind}: documents of these shards have no result: {unscored}"
-    writers = {row[0] for row in store.query("SELECT DISTINCT run_id FROM scores")}
-    assert writers <= run_ids, f"scores written by runs other than the two cluster runs: {writers - run_ids}"
+        # each shard's results are one file under the shard's own directory
+        assert sorted(p.parent.name for p in attributes.producer_dir(store.attributes, producer).rglob("*.parquet")) \
+            == sorted(SHARDS)
+    writers = {row[0] for row in store.query("SELECT DISTINCT run_id FROM runs WHERE producer_id IS NOT NULL")}
+    assert writers == run_ids, f"lineage from runs other than the two cluster runs: {writers ^ run_ids}"
     lineage = store.query(
         "SELECT asset, partition_key, count(*) FROM runs WHERE asset IN ('ask_llm_scores', 'perplexity_scores')"
         " GROUP BY ALL ORDER BY ALL")

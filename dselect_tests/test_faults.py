@@ -20,6 +20,7 @@ import pytest
 
 from dselect_assets.assets import corpus, density, scoring, selection
 from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, EmbedderResource, PerplexityLMResource
+from dselect_assets.store import attributes
 
 pytestmark = pytest.mark.heavy
 
@@ -202,7 +203,8 @@ def test_corrupt_files_name_themselves_and_how_to_rebuild(tmp_path, instance):
     with pytest.raises(dg.Failure, match=r"a\.jsonl.*re-materialize density_sketch\[a\.jsonl\]"):
         dg.materialize([density.density], instance=instance, resources=resources)
 
-    (vectors,) = store.query("SELECT DISTINCT file FROM embedding_index")[0]
+    (vectors,) = (store.attributes / next(p for p in attributes.producers_on_disk(store.attributes)
+                                           if p.startswith("embedding:"))).rglob("*.npy")
     Path(vectors).write_bytes(b"not a numpy file")
     with pytest.raises(Exception, match=rf"{Path(vectors).name}: unreadable embedding file.*re-materialize embeddings"):
         dg.materialize([density.density_sketch], partition_key="a.jsonl", instance=instance, resources=resources)

@@ -9,7 +9,7 @@ import shutil
 import duckdb
 
 from dselect_assets.assets import corpus
-from dselect_assets.core import store as store_module
+from dselect_assets import store as store_module
 from dselect_assets.resources import DuckDBStore
 
 # What the `contents` view of sql/001_corpus.sql computed: the lexically first (shard, row).
@@ -31,17 +31,23 @@ DOCUMENTS = [
 ]
 
 
-def old_store(tmp_path):
-    """A store at the schema of the code before 005, filled with rows the way it wrote them."""
-    old_sql = tmp_path / "sql-before-005"
+def schema_before(tmp_path, version: int, database) -> duckdb.DuckDBPyConnection:
+    """A connection to a new store at the schema of the code before migration `version`."""
+    old_sql = tmp_path / f"sql-before-{version:03d}"
     old_sql.mkdir()
     for path in store_module.migration_files():
-        if int(path.name[:3]) < 5:
+        if int(path.name[:3]) < version:
             shutil.copy(path, old_sql / path.name)
-    database = tmp_path / "old.duckdb"
     con = duckdb.connect(str(database))
-    assert store_module.apply_migrations(con, old_sql) == [
-        "001_corpus.sql", "002_scores.sql", "003_selection.sql", "004_training.sql"]
+    applied = store_module.apply_migrations(con, old_sql)
+    assert applied == [p.name for p in sorted(old_sql.glob("*.sql"))]
+    return con
+
+
+def old_store(tmp_path):
+    """A store at the schema of the code before 005, filled with rows the way it wrote them."""
+    database = tmp_path / "old.duckdb"
+    con = schema_before(tmp_path, 5, database)
     for shard in ("c.jsonl", "a.jsonl", "b.jsonl"):  # ingested in this (non-lexical) order
         n = sum(1 for s, _, _ in DOCUMENTS if s == shard)
         con.execute(
@@ -92,3 +98,88 @@ def test_a_migrated_store_moves_ownership_when_a_shard_is_retired(tmp_path):
         assert con.execute("SELECT * FROM contents ORDER BY content_hash").fetchall() == expected
         assert con.execute("SELECT shard, n_documents, reason FROM retired_shards").fetchall() == [
             ("a.jsonl", 2, "file deleted from the corpus directory")]
+
+
+def store_before_008(tmp_path):
+    """A store at the schema of the code before 008 (scores and embedding_index as tables, vectors in
+    .npy chunks), filled the way that code wrote it: two shards, a text in both, a retired text."""
+    import numpy as np
+
+    from dselect_assets.core.hashing import content_hash
+
+    home = tmp_path / "home"
+    database = home / "dselect.duckdb"
+    home.mkdir()
+    con = schema_before(tmp_path, 8, database)
+    texts = {"a.jsonl": ["alpha", "shared"], "b.jsonl": ["beta", "shared"]}
+    hashes = {t: content_hash(t) for ts in texts.values() for t in ts}
+    for shard, shard_texts in texts.items():
+        documents_file = home / "documents" / shard / "0123456789abcdef.parquet"
+        documents_file.parent.mkdir(parents=True)
+        documents_file.write_bytes(b"")
+        con.execute("INSERT INTO shards VALUES (?, ?, 'jsonl', 1, 'sha', ?, ?, 0, 0, ?, 'd', now(), 'run')",
+                    [shard, f"/corpus/{shard}", len(shard_texts), len(shard_texts), str(documents_file)])
+        for row, text in enumerate(shard_texts, 1):
+            con.execute("INSERT INTO documents VALUES (?, ?, ?, ?, 5, 5)", [shard, row, f"{shard}:{row}", hashes[text]])
+    con.execute("INSERT INTO shard_arrivals VALUES ('a.jsonl', 1, now()), ('b.jsonl', 2, now())")
+    con.execute("INSERT INTO contents SELECT content_hash, arg_min(shard, shard), arg_min(row_number, shard),"
+                " arg_min(doc_id, shard), 5, count(*) FROM documents GROUP BY content_hash")
+    gone = content_hash("a text no shard holds any more")
+    rows = [(hashes["alpha"], "ask_llm:aaaaaaaaaaaaaaaa", 0.75, 0.8, None),
+            (hashes["beta"], "ask_llm:aaaaaaaaaaaaaaaa", None, None, "too short"),
+            (hashes["shared"], "ask_llm:aaaaaaaaaaaaaaaa", 0.25, 0.3, None),
+            (gone, "ask_llm:aaaaaaaaaaaaaaaa", 0.5, 0.5, None),
+            (hashes["alpha"], "perplexity:bbbbbbbbbbbbbbbb", 3.5, None, None),
+            (hashes["beta"], "density:cccccccccccccccc", 0.125, None, None),
+            (hashes["shared"], "density:cccccccccccccccc", 0.0625, None, None)]
+    for row in rows:
+        con.execute("INSERT INTO scores VALUES (?, ?, ?, ?, ?, 'run')", list(row))
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    npy = home / "embeddings" / "embedding-dddddddddddddddd" / "a.jsonl" / "chunk.npy"
+    npy.parent.mkdir(parents=True)
+    np.save(npy, vectors)
+    for i, text in enumerate(["alpha", "shared", "beta"]):
+        con.execute("INSERT INTO embedding_index VALUES (?, 'embedding:dddddddddddddddd', ?, ?)",
+                    [hashes[text], str(npy), i])
+    con.close()
+    return database, hashes, gone, rows, vectors
+
+
+def test_migration_008_moves_scores_and_embeddings_into_attribute_files(tmp_path):
+    import numpy as np
+
+    from dselect_assets.store import attributes, documents
+
+    database, hashes, gone, rows, vectors = store_before_008(tmp_path)
+    store = DuckDBStore(database=str(database))
+    with store.connect(read_only=True) as con:
+        tables = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'").fetchall()}
+        assert not {"scores", "embedding_index"} & tables
+        # the scores view over the files lists every row whose text the corpus holds
+        assert sorted(con.execute("SELECT content_hash, producer_id, value, value_norm FROM scores").fetchall()) == \
+            sorted((h, p, v, n) for h, p, v, n, _ in rows if h != gone)
+    root = store.attributes
+    assert root == database.parent / "attributes"
+    # one file per (producer, owner shard); density as its one corpus-wide file; an unowned text apart
+    layout = sorted(str(p.relative_to(root).parent) for p in root.rglob("*.parquet"))
+    assert layout == ["ask_llm:aaaaaaaaaaaaaaaa/.migrated", "ask_llm:aaaaaaaaaaaaaaaa/a.jsonl",
+                      "ask_llm:aaaaaaaaaaaaaaaa/b.jsonl", "density:cccccccccccccccc/.all",
+                      "embedding:dddddddddddddddd/a.jsonl", "perplexity:bbbbbbbbbbbbbbbb/a.jsonl"]
+    with duckdb.connect() as con:
+        for producer, column in (("ask_llm:aaaaaaaaaaaaaaaa", "value"), ("ask_llm:aaaaaaaaaaaaaaaa", "value_norm"),
+                                 ("perplexity:bbbbbbbbbbbbbbbb", "value"), ("density:cccccccccccccccc", "value")):
+            expected = {h: (v if column == "value" else n) for h, p, v, n, _ in rows if p == producer}
+            wanted = sorted(expected)
+            values, found = attributes.read_values(con, root, producer, wanted, column)
+            assert found.all()
+            assert np.array_equal(values, [np.nan if expected[h] is None else expected[h] for h in wanted],
+                                  equal_nan=True)
+        order = [hashes["beta"], hashes["alpha"], hashes["shared"]]
+        assert np.array_equal(attributes.read_vectors(con, root, "embedding:dddddddddddddddd", order),
+                              vectors[[2, 0, 1]])
+        # a re-run of a scorer finds the migrated results and computes nothing again
+        assert attributes.present(con, root, "ask_llm:aaaaaaaaaaaaaaaa", order).all()
+    # scoring workers find each shard's documents file without the catalogue
+    for shard in ("a.jsonl", "b.jsonl"):
+        assert documents.current(database.parent / "documents" / shard).name == "0123456789abcdef.parquet"

@@ -9,6 +9,7 @@ import pytest
 from dselect_assets.assets import corpus, selection
 from dselect_assets.assets.scoring import register_producer
 from dselect_assets.core.samplers import scorable_rows, target_size
+from dselect_assets.store import attributes
 
 
 def test_scorable_rows_keeps_rows_with_every_score_finite():
@@ -32,11 +33,9 @@ def test_unscorable_documents_are_left_out_and_counted(workspace, resources, ins
     unscorable = set(eligible[::10])  # e.g. texts too short for the LM: NaN scores
     kind = "ask_llm" if key.startswith("ask_llm") else "perplexity"
     register_producer(store, f"{kind}:test-scorer", kind, {"model": "scores written by this test"})
-    with store.transaction() as con:
-        for i, h in enumerate(eligible):
-            value = None if h in unscorable else (i % 13) / 13
-            con.execute("INSERT INTO scores VALUES (?, ?, ?, ?, ?, 'run')",
-                        [h, f"{kind}:test-scorer", value, value, "too short" if value is None else None])
+    values = np.array([np.nan if h in unscorable else (i % 13) / 13 for i, h in enumerate(eligible)])
+    attributes.write_chunk(store.attributes, f"{kind}:test-scorer", "s.jsonl",
+                           attributes.score_table(f"{kind}:test-scorer", eligible, values, values))
 
     producer_config = {f"{kind}_producer": f"{kind}:test-scorer"}
     result = dg.materialize([selection.selections], partition_key=selection.selection_partition(key),

@@ -2,7 +2,7 @@
 
 import duckdb
 
-from dselect_assets.core import store
+from dselect_assets import store
 
 
 def test_migrations_apply_in_order_and_are_recorded(tmp_path):
@@ -13,7 +13,9 @@ def test_migrations_apply_in_order_and_are_recorded(tmp_path):
     expected = [p.name for p in store.migration_files()]
     assert [name for _, name in versions] == expected
     assert [v for v, _ in versions] == sorted(v for v, _ in versions)
-    assert {"shards", "documents", "quarantine", "runs", "artifacts", "scores", "contents"} <= tables
+    assert {"shards", "documents", "quarantine", "runs", "artifacts", "producers", "contents"} <= tables
+    # scores and embeddings live in attribute files (sql/008_attribute_files.sql)
+    assert not {"embedding_index"} & tables
 
 
 def test_reapplying_is_a_no_op_and_new_files_are_picked_up(tmp_path):
@@ -51,7 +53,7 @@ time.sleep(120)
 
 FRESH_READER = """
 import sys
-from dselect_assets.core import store
+from dselect_assets import store
 with store.connect(sys.argv[1], read_only=True, lock_timeout_s=10) as con:
     print(con.execute("SELECT count(*) FROM shards").fetchone()[0])
 """

@@ -14,6 +14,7 @@ import polars as pl
 
 from dselect_assets.core.samplers import target_size
 from dselect_assets.resources import DuckDBStore
+from dselect_assets.store import selections as selection_store
 
 
 def spec(name: str, asset: str, description: str, blocking: bool = True) -> dg.AssetCheckSpec:
@@ -95,11 +96,8 @@ def export_readable(path: Path, expected_rows: int) -> dg.AssetCheckResult:
 
 def no_eval_leak(store: DuckDBStore, selection_id: str) -> dg.AssetCheckResult:
     """No held-out evaluation document (by content hash) is in the selection."""
-    leaked = store.query(
-        "SELECT count(*) FROM selection_members m JOIN eval_documents e USING (content_hash)"
-        " WHERE m.selection_id = ?",
-        [selection_id],
-    )[0][0]
+    with store.connect(read_only=True) as con:
+        leaked = selection_store.eval_leaks(con, selection_id)
     return dg.AssetCheckResult(
         asset_key="selections", check_name="no_eval_leak", passed=leaked == 0, metadata={"leaked_documents": leaked}
     )

@@ -1,8 +1,10 @@
-"""Small pieces every asset uses: lineage rows, artifact registration, metadata tables."""
+"""Small pieces every asset uses: lineage rows, artifact registration, metadata tables.
+
+The SQL behind them is in dselect_assets/store/catalogue.py.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from dselect_assets.core.hashing import file_sha256
+from dselect_assets.store import catalogue
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
 
@@ -32,6 +34,19 @@ def partition_key_or_empty(context: dg.AssetExecutionContext) -> str:
     return context.partition_key if context.has_partition_key else ""
 
 
+def run_row(
+    context: dg.AssetExecutionContext,
+    config: dict | None = None,
+    producer_id: str | None = None,
+    outputs: dict | None = None,
+) -> dict:
+    """This materialization's lineage row (table runs)."""
+    return catalogue.run_row(
+        context.run.run_id, context.asset_key.to_user_string(), partition_key_or_empty(context), config,
+        producer_id, context.assets_def.code_versions_by_key.get(context.asset_key), outputs,
+    )
+
+
 def record_run(
     con: duckdb.DuckDBPyConnection,
     context: dg.AssetExecutionContext,
@@ -40,18 +55,7 @@ def record_run(
     outputs: dict | None = None,
 ) -> None:
     """Upsert this materialization's lineage row (same run re-executed replaces it)."""
-    con.execute(
-        "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, now(), now(), ?)",
-        [
-            context.run.run_id,
-            context.asset_key.to_user_string(),
-            partition_key_or_empty(context),
-            json.dumps(config or {}, sort_keys=True, default=str),
-            producer_id,
-            context.assets_def.code_versions_by_key.get(context.asset_key),
-            json.dumps(outputs or {}, sort_keys=True, default=str),
-        ],
-    )
+    catalogue.insert_run(con, run_row(context, config, producer_id, outputs))
 
 
 def register_artifact(
@@ -64,12 +68,7 @@ def register_artifact(
     n_rows: int | None = None,
     sha256: str | None = None,
 ) -> str:
-    digest = sha256 or file_sha256(path)
-    con.execute(
-        "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, now())",
-        [str(path), kind, producer_id, partition_key, digest, n_rows, run_id],
-    )
-    return digest
+    return catalogue.insert_artifact(con, path, kind, run_id, producer_id, partition_key, n_rows, sha256)
 
 
 def write_atomically(path: Path, write):
@@ -94,17 +93,3 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], limi
     if len(rows) > limit:
         lines.append(f"\n… and {len(rows) - limit} more rows")
     return "\n".join(lines)
-
-
-def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame, ignore_existing: bool = False) -> None:
-    """Insert a polars frame whose columns are the table's, in table order.
-
-    One INSERT ... SELECT from a registered Arrow table: hundreds of times
-    faster in DuckDB than executemany over Python tuples.
-    """
-    con.register("_insert_frame", frame.to_arrow())
-    try:
-        conflict = " ON CONFLICT DO NOTHING" if ignore_existing else ""
-        con.execute(f"INSERT INTO {table} SELECT * FROM _insert_frame{conflict}")
-    finally:
-        con.unregister("_insert_frame")

@@ -2,16 +2,13 @@
 
 import json
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import polars as pl
 import pydantic
 
 from dselect_assets.assets.common import (
-    insert_frame,
     markdown_table,
     record_run,
     register_artifact,
@@ -32,6 +29,9 @@ from dselect_assets.core.ingest import (
     write_documents,
 )
 from dselect_assets.resources import DataPaths, DuckDBStore
+from dselect_assets.store import corpus as corpus_store
+from dselect_assets.store import coverage
+from dselect_assets.store import documents as documents_files
 
 INGEST_VERSION = "2"  # 2: documents files carry a metadata column
 
@@ -94,89 +94,12 @@ def shard_source(corpus: Path, key: str) -> Path:
     return direct
 
 
-def _quarantine_whole_file(store: DuckDBStore, shard: str, reason: str, run_id: str) -> None:
-    with store.transaction() as con:
-        con.execute(
-            "INSERT OR REPLACE INTO quarantine VALUES (?, 0, NULL, ?, '', now(), ?)",
-            [shard, reason, run_id],
-        )
-
-
-def _ids_taken_by_other_shards(
-    con: duckdb.DuckDBPyConnection, shard: str, documents_file: Path
-) -> list[tuple[int, str, str]]:
-    """(row, id, where) of rows whose id another shard already holds.
-
-    Run inside the transaction that inserts the shard: DuckDB admits one writer
-    process at a time, so no other shard can take the same id in between.
-    """
-    return con.execute(
-        "SELECT p.row_number, p.doc_id, d.shard || ' row ' || d.row_number"
-        " FROM read_parquet(?) p JOIN documents d ON p.doc_id = d.doc_id AND d.shard <> ?"
-        " ORDER BY p.row_number",
-        [str(documents_file), shard],
-    ).fetchall()
-
-
 def _without_rows(documents_file: Path, rows: list[int]) -> Path:
     """A copy of the documents file without `rows`, under its own name (the original may be in use)."""
     kept = pl.read_parquet(documents_file).filter(~pl.col("row_number").is_in(rows))
     out = documents_file.with_name(f"{documents_file.stem}-without-{len(rows)}.parquet")
     write_atomically(out, lambda tmp: kept.write_parquet(tmp, compression="zstd"))
     return out
-
-
-# ---------------------------------------------------------------- first occurrence
-# `contents` (sql/005_contents_owner.sql) holds each distinct text once with its owner: the shard
-# that brought it first in arrival order. It is maintained here, inside the transaction that
-# replaces or removes a shard's rows, for the texts that shard held before or holds now.
-_TOUCHED = "_touched_texts"
-
-
-def _note_texts_held(con: duckdb.DuckDBPyConnection, shard: str) -> None:
-    """Remember the texts `shard` holds now, before its rows are replaced or removed."""
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {_TOUCHED} AS"
-        " SELECT DISTINCT content_hash FROM documents WHERE shard = ?",
-        [shard],
-    )
-
-
-def _record_arrival(con: duckdb.DuckDBPyConnection, shard: str) -> None:
-    """A shard seen for the first time arrives after every other (re-ingest keeps its place)."""
-    if con.execute("SELECT 1 FROM shard_arrivals WHERE shard = ?", [shard]).fetchone() is None:
-        (last,) = con.execute("SELECT coalesce(max(arrival), 0) FROM shard_arrivals").fetchone()
-        con.execute("INSERT INTO shard_arrivals VALUES (?, ?, now())", [shard, last + 1])
-
-
-def _update_owners(con: duckdb.DuckDBPyConnection, shard: str) -> None:
-    """Re-derive the `contents` rows of every text `shard` held (noted before) or holds now.
-
-    A text keeps its owner while the owner still holds it (its row may move); otherwise the
-    earliest-arrived shard holding it owns it, then by shard name and row; a text no shard
-    holds any more leaves `contents`. Occurrences are recounted over all shards.
-    """
-    con.execute(
-        f"INSERT INTO {_TOUCHED} SELECT DISTINCT content_hash FROM documents WHERE shard = ?"
-        f" EXCEPT SELECT content_hash FROM {_TOUCHED}",
-        [shard],
-    )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _new_owners AS"
-        " SELECT content_hash, shard, row_number, doc_id, n_chars, occurrences FROM ("
-        "  SELECT d.content_hash, d.shard, d.row_number, d.doc_id, d.n_chars,"
-        "   count(*) OVER (PARTITION BY d.content_hash) AS occurrences,"
-        "   row_number() OVER (PARTITION BY d.content_hash ORDER BY"
-        "    (d.shard = c.shard) IS TRUE DESC, a.arrival NULLS LAST, d.shard, d.row_number) AS pick"
-        f"  FROM documents d JOIN {_TOUCHED} t ON t.content_hash = d.content_hash"
-        "  LEFT JOIN contents c ON c.content_hash = d.content_hash"
-        "  LEFT JOIN shard_arrivals a ON a.shard = d.shard"
-        " ) WHERE pick = 1"
-    )
-    con.execute(f"DELETE FROM contents WHERE content_hash IN (SELECT content_hash FROM {_TOUCHED})")
-    con.execute("INSERT INTO contents SELECT * FROM _new_owners")
-    con.execute(f"DROP TABLE {_TOUCHED}")
-    con.execute("DROP TABLE _new_owners")
 
 
 RETIRED_FILE_DELETED = "file deleted from the corpus directory"
@@ -191,27 +114,14 @@ def retire_shard(store: DuckDBStore, shard: str, reason: str = RETIRED_FILE_DELE
     Returns the `retired_shards` row, or None when the store never ingested the shard.
     """
     with store.transaction() as con:
-        row = con.execute(
-            "SELECT file_sha256, documents_file FROM shards WHERE shard = ?", [shard]
-        ).fetchone()
-        (n_documents,) = con.execute("SELECT count(*) FROM documents WHERE shard = ?", [shard]).fetchone()
-        if row is None and n_documents == 0:
-            return None
-        file_hash, documents_file = row if row is not None else ("", None)
-        _note_texts_held(con, shard)
-        con.execute("DELETE FROM documents WHERE shard = ?", [shard])
-        con.execute("DELETE FROM quarantine WHERE shard = ?", [shard])
-        _update_owners(con, shard)
-        con.execute("DELETE FROM shards WHERE shard = ?", [shard])
-        con.execute("DELETE FROM shard_arrivals WHERE shard = ?", [shard])
-        if documents_file is not None:
-            con.execute("DELETE FROM artifacts WHERE path = ?", [documents_file])
-        con.execute(
-            "INSERT INTO retired_shards VALUES (?, ?, ?, ?, now())", [shard, file_hash, n_documents, reason]
-        )
+        retired = corpus_store.retire(con, shard, reason)
+    if retired is None:
+        return None
+    row, documents_file = retired
     if documents_file is not None:
+        documents_files.pointer(Path(documents_file).parent).unlink(missing_ok=True)
         Path(documents_file).unlink(missing_ok=True)
-    return {"shard": shard, "file_sha256": file_hash, "n_documents": n_documents, "reason": reason}
+    return row
 
 
 @dg.asset(
@@ -237,7 +147,8 @@ def documents(
         summary = write_documents(source, out_file, config.max_document_bytes, config.field_map(shard, paths.root), shard)
     except (ShardReadError, PermissionError, OSError) as exc:
         reason = str(exc)
-        _quarantine_whole_file(store, shard, reason, context.run.run_id)
+        with store.transaction() as con:
+            corpus_store.quarantine_whole_file(con, shard, reason, context.run.run_id)
         raise dg.Failure(
             description=f"shard {shard} could not be read: {reason}",
             metadata={"shard": shard, "reason": reason},
@@ -245,7 +156,7 @@ def documents(
 
     read_file = out_file
     with store.transaction() as con:
-        clashes = _ids_taken_by_other_shards(con, shard, read_file)
+        clashes = corpus_store.ids_taken_by_other_shards(con, shard, read_file)
         if clashes:
             out_file = _without_rows(read_file, [row for row, _, _ in clashes])
         rejections = [(r.row_number, r.doc_id, r.reason, r.excerpt) for r in summary.rejections]
@@ -254,42 +165,15 @@ def documents(
             for row, doc_id, where in clashes
         ]
         n_documents = summary.n_documents - len(clashes)
-        previous = con.execute(
-            "SELECT documents_file FROM shards WHERE shard = ?", [shard]
-        ).fetchone()
-        _note_texts_held(con, shard)
-        con.execute("DELETE FROM documents WHERE shard = ?", [shard])
-        con.execute("DELETE FROM quarantine WHERE shard = ?", [shard])
-        con.execute(
-            "INSERT INTO documents SELECT ?, row_number, doc_id, content_hash, n_chars, n_bytes"
-            " FROM read_parquet(?)",
-            [shard, str(out_file)],
-        )
-        _record_arrival(con, shard)
-        _update_owners(con, shard)
-        if rejections:
-            rows = pl.DataFrame(rejections, schema=["row_number", "doc_id", "reason", "excerpt"], orient="row")
-            insert_frame(con, "quarantine", rows.select(
-                pl.lit(shard).alias("shard"), "row_number", "doc_id", "reason", "excerpt",
-                pl.lit(datetime.now()).alias("recorded_at"), pl.lit(context.run.run_id).alias("run_id"),
-            ))
-        # Rows that are not their text's first occurrence (another shard's, or an earlier row).
-        n_duplicates = con.execute(
-            "SELECT count(*) FROM documents d WHERE d.shard = ? AND NOT EXISTS ("
-            " SELECT 1 FROM contents c WHERE c.content_hash = d.content_hash"
-            " AND c.shard = d.shard AND c.row_number = d.row_number)",
-            [shard],
-        ).fetchone()[0]
+        previous = corpus_store.documents_file_of(con, shard)
+        n_duplicates = corpus_store.replace_documents(con, shard, out_file, rejections, context.run.run_id)
         documents_sha = register_artifact(
             con, out_file, "documents", context.run.run_id, partition_key=shard, n_rows=n_documents
         )
-        con.execute(
-            "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
-            [
-                shard, str(source), fmt, source.stat().st_size, file_hash, summary.n_rows,
-                n_documents, len(rejections), n_duplicates, str(out_file), documents_sha, context.run.run_id,
-            ],
-        )
+        corpus_store.record_shard(con, [
+            shard, str(source), fmt, source.stat().st_size, file_hash, summary.n_rows,
+            n_documents, len(rejections), n_duplicates, str(out_file), documents_sha, context.run.run_id,
+        ])
         outputs = {
             "n_rows": summary.n_rows,
             "n_documents": n_documents,
@@ -299,9 +183,10 @@ def documents(
             "fields": summary.fields,  # the mapping used, wherever it came from (launchpad or fields file)
         }
         record_run(con, context, config.model_dump(), outputs=outputs)
-        n_corpus = con.execute("SELECT count(*) FROM contents").fetchone()[0]
+        n_corpus = coverage.count_contents(con)
 
-    for stale in {previous[0] if previous else None, str(read_file)} - {None, str(out_file)}:
+    documents_files.point_at(out_file)
+    for stale in {previous, str(read_file)} - {None, str(out_file)}:
         Path(stale).unlink(missing_ok=True)
 
     reasons = Counter(reason.split(":")[0].split(" (")[0] for _, _, reason, _ in rejections)
@@ -340,10 +225,9 @@ def shard_run_key(key: str, path: Path) -> str:
 
 def _shards_gone(corpus: Path, known: set[str], found: dict[str, Path], store: DuckDBStore) -> set[str]:
     """Partitions, and shards the store ingested from this corpus directory, whose file is gone."""
-    from_here = {
-        shard for shard, path in store.query("SELECT shard, path FROM shards")
-        if Path(path).resolve().is_relative_to(corpus.resolve())
-    }
+    with store.connect(read_only=True) as con:
+        sources = corpus_store.shard_sources(con)
+    from_here = {shard for shard, (path, _, _) in sources.items() if Path(path).resolve().is_relative_to(corpus.resolve())}
     return (known | from_here) - set(found)
 
 
@@ -377,8 +261,8 @@ def build_corpus_sensor(job) -> dg.SensorDefinition:
         if gone_partitions:
             partition_requests.append(shards.build_delete_request(gone_partitions))
         # Files already ingested with these exact bytes (e.g. by `dselect run`) need no run.
-        ingested = {name: (size, sha) for name, size, sha in store.query(
-            "SELECT shard, byte_size, file_sha256 FROM shards")}
+        with store.connect(read_only=True) as con:
+            ingested = {name: (size, sha) for name, (_, size, sha) in corpus_store.shard_sources(con).items()}
         run_requests = []
         for shard, path in found.items():
             run_key = shard_run_key(shard, path)

@@ -16,17 +16,19 @@ import hashlib
 
 import dagster as dg
 import numpy as np
-import polars as pl
+import pyarrow as pa
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import eager_after_checks, insert_frame, record_run, register_artifact, shards
+from dselect_assets.assets.common import eager_after_checks, record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
 from dselect_assets.assets.scoring import load_model, register_producer
 from dselect_assets.assets.shard_reader import load_embeddings
 from dselect_assets.core import clustering, race_sketch
 from dselect_assets.core.shard_keys import validate_shard_key
+from dselect_assets.core.hashing import hash_set_digest, input_version
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
+from dselect_assets.store import attributes, coverage
 
 
 COVERAGE_VERSION = "1"
@@ -49,19 +51,14 @@ def sketch_producer(config: SketchConfig, embedding_producer: str) -> str:
     return make_producer_id("density", embedder=embedding_producer, **config.model_dump())
 
 
-def first_occurrences(store: DuckDBStore, shard: str) -> list[str]:
-    return [r[0] for r in store.query(
-        "SELECT content_hash FROM contents WHERE shard = ? ORDER BY content_hash", [shard]
-    )]
+def first_occurrences(store: DuckDBStore, shard: str) -> pa.Array:
+    with store.connect(read_only=True) as con:
+        return coverage.owned_hashes(con, shard)
 
 
-def owned_version(hashes: list[str]) -> str:
-    """Names the set of texts a sketch counts: sha256 of the sorted content hashes."""
-    digest = hashlib.sha256()
-    for content_hash in sorted(hashes):
-        digest.update(content_hash.encode("ascii"))
-        digest.update(b"\n")
-    return digest.hexdigest()
+def owned_version(hashes) -> str:
+    """Names the set of texts a sketch counts."""
+    return hash_set_digest(hashes)
 
 
 def sketch_path(paths: DataPaths, producer: str, shard: str):
@@ -75,7 +72,7 @@ def build_shard_sketch(
     paths: DataPaths,
     shard: str,
     run_id: str,
-    hashes: list[str] | None = None,
+    hashes: pa.Array | None = None,
 ) -> tuple[race_sketch.RaceSketch, str]:
     """Sketch the texts `shard` owns from their stored embeddings, write it, and record the owned
     set it counts; returns the sketch and its file's sha256. Used by density_sketch and density."""
@@ -98,10 +95,8 @@ def build_shard_sketch(
     out_file = sketch.save(sketch_path(paths, producer, shard))
     with store.transaction() as con:
         sketch_sha = register_artifact(con, out_file, "density_sketch", run_id, producer, shard, sketch.n_docs)
-        con.execute(
-            "INSERT OR REPLACE INTO density_sketch_sets VALUES (?, ?, ?, ?, ?, ?, ?, now())",
-            [producer, shard, owned_version(hashes), sketch.n_docs, str(out_file), sketch_sha, run_id],
-        )
+        coverage.record_sketch(con, producer, shard, owned_version(hashes), sketch.n_docs, str(out_file),
+                               sketch_sha, run_id)
     return sketch, sketch_sha
 
 
@@ -118,12 +113,10 @@ def current_shard_sketch(
     embedding_producer = embedder_producer(embedder)
     producer = sketch_producer(config, embedding_producer)
     hashes = first_occurrences(store, shard)
-    record = store.query(
-        "SELECT owned_version, n_docs, sketch_file FROM density_sketch_sets WHERE producer_id = ? AND shard = ?",
-        [producer, shard],
-    )
+    with store.connect(read_only=True) as con:
+        record = coverage.sketch_record(con, producer, shard)
     path = sketch_path(paths, producer, shard)
-    fresh = bool(record) and record[0][:2] == (owned_version(hashes), len(hashes)) and record[0][2] == str(path)
+    fresh = record is not None and record == (owned_version(hashes), len(hashes), str(path))
     if fresh and path.exists():
         try:
             part = race_sketch.RaceSketch.load(path, expected={"embedder_id": embedding_producer})
@@ -189,7 +182,8 @@ def density(
     embedding_producer = embedder_producer(embedder)
     producer = sketch_producer(config, embedding_producer)
     sketch_dir = paths.dir("sketches", producer.replace(":", "-"))
-    shard_names = [r[0] for r in store.query("SELECT DISTINCT shard FROM contents ORDER BY 1")]
+    with store.connect(read_only=True) as con:
+        shard_names = coverage.owner_shards(con)
     merged, rebuilt = None, []
     for shard in shard_names:
         # a shard whose owned texts changed since its sketch was written (a shard before it in
@@ -200,30 +194,27 @@ def density(
         merged = part if merged is None else merged.merge(part)
     if rebuilt:
         context.log.info(f"rebuilt the density sketches of {len(rebuilt)} shards whose owned texts changed: {rebuilt}")
-    n_contents = store.query("SELECT count(*) FROM contents")[0][0]
+    with store.connect(read_only=True) as con:
+        n_contents = coverage.count_contents(con)
     if merged is None:
         raise dg.Failure("the corpus has no documents to estimate density over")
     merged_file = merged.save(sketch_dir / "merged.race")
     register_producer(store, producer, "density", {"embedder": embedding_producer, **config.model_dump()},
                       f"density:{embedding_producer}")
-    # Query shard by shard (memory bounded by the largest shard's embeddings), then replace
-    # the old densities in one transaction: a crash leaves the previous table whole.
-    frames = []
-    for shard in shard_names:
-        hashes = first_occurrences(store, shard)
-        frames.append(pl.DataFrame({
-            "content_hash": hashes,
-            "producer_id": producer,
-            "value": merged.query(load_embeddings(store, embedding_producer, hashes)),
-            "value_norm": pl.Series([None] * len(hashes), dtype=pl.Float64),
-            "problem": pl.Series([None] * len(hashes), dtype=pl.String),
-            "run_id": context.run.run_id,
-        }))
-    values = np.concatenate([f["value"].to_numpy() for f in frames])
+    # Query shard by shard (memory bounded by the largest shard's embeddings) into one file that
+    # replaces the previous densities whole: a crash leaves the previous file as it was.
+    parts: list[np.ndarray] = []
+
+    def shard_tables():
+        for shard in shard_names:
+            hashes = first_occurrences(store, shard)
+            values = merged.query(load_embeddings(store, embedding_producer, hashes))
+            parts.append(np.asarray(values, dtype=np.float64))
+            yield attributes.score_table(producer, hashes, parts[-1])
+
+    attributes.replace_corpus_wide(store.attributes, producer, shard_tables())
+    values = np.concatenate(parts)
     with store.transaction() as con:
-        con.execute("DELETE FROM scores WHERE producer_id = ?", [producer])
-        for frame in frames:
-            insert_frame(con, "scores", frame)
         register_artifact(con, merged_file, "density_sketch_merged", context.run.run_id, producer, None, merged.n_docs)
         record_run(con, context, config.model_dump(), producer, outputs={"n_docs": merged.n_docs})
     png = histogram_png(values, "density (RACE sketch)", paths.dir("reports", "density") / "density.png")
@@ -260,25 +251,19 @@ def clusters(
     context: dg.AssetExecutionContext, config: ClusterConfig, embedder: EmbedderResource, store: DuckDBStore
 ) -> dg.MaterializeResult:
     embedding_producer = embedder_producer(embedder)
-    hashes = [r[0] for r in store.query("SELECT content_hash FROM contents ORDER BY content_hash")]
+    with store.connect(read_only=True) as con:
+        hashes = coverage.corpus_hashes(con)
     vectors = load_embeddings(store, embedding_producer, hashes)
     result = clustering.kmeans(vectors, k=config.n_clusters or None, seed=config.seed)
     clustering_id = make_producer_id(
         "kmeans", embedder=embedding_producer, k=result.k, seed=config.seed,
-        input_version=make_producer_id("input", hashes=hashes),
+        input_version=input_version(hashes),
     )
     # Recorded as a producer so a selection can check the clusters match the embeddings it reads.
     register_producer(store, clustering_id, "clusters", {"embedder": embedding_producer, "k": result.k,
                                                          "seed": config.seed})
-    frame = pl.DataFrame({
-        "content_hash": hashes,
-        "clustering_id": clustering_id,
-        "cluster": result.assignment.astype(np.int32),
-        "distance": result.distance.astype(np.float64),
-    })
     with store.transaction() as con:
-        con.execute("DELETE FROM cluster_assignments")
-        insert_frame(con, "cluster_assignments", frame)
+        coverage.replace_cluster_assignments(con, clustering_id, hashes, result.assignment, result.distance)
         record_run(con, context, config.model_dump(), clustering_id, outputs={"k": result.k, "n": len(hashes)})
     sizes = np.bincount(result.assignment, minlength=result.k)
     return dg.MaterializeResult(

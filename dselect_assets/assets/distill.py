@@ -12,7 +12,6 @@ and every shard is re-predicted, cheaply. The algorithms live in
 `dselect_assets.core.distill`.
 """
 
-import json
 import math
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import insert_frame, markdown_table, record_run, register_artifact, shards
+from dselect_assets.assets.common import markdown_table, record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, summary
 from dselect_assets.assets.scoring import (
     load_model,
@@ -31,6 +30,7 @@ from dselect_assets.assets.scoring import (
     resource_key,
     run_in_chunks,
     scored_data_version,
+    shard_values,
 )
 from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, shard_texts, texts_for
 from dselect_assets.core import distill
@@ -38,6 +38,7 @@ from dselect_assets.core.hashing import content_hash
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.judge_eval import ProbeFileError, load_probe, roc_auc
 from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, EmbedderResource
+from dselect_assets.store import attributes, catalogue, coverage
 
 KIND = "ask_llm_distilled"
 PROBE_ARTIFACT = "ask_llm_probe"
@@ -52,12 +53,12 @@ def distilled_resource(judge_producer: str, embedding_producer: str) -> str:
 
 def resolve_distilled(store: DuckDBStore, judge_producer: str, embedding_producer: str) -> str:
     """The distilled producer a selection reads for the judge and embedder configured now."""
-    rows = store.query("SELECT producer_id FROM resource_producers WHERE resource = ?",
-                       [distilled_resource(judge_producer, embedding_producer)])
-    if not rows:
+    with store.connect(read_only=True) as con:
+        producer = catalogue.resource_producer(con, distilled_resource(judge_producer, embedding_producer))
+    if producer is None:
         raise MissingUpstream(f"no Ask-LLM probe distilled from {judge_producer} on {embedding_producer}; "
                               "materialize ask_llm_probe, then ask_llm_distilled_scores for every shard")
-    return rows[0][0]
+    return producer
 
 
 class ProbeConfig(dg.Config):
@@ -96,24 +97,20 @@ def labelled_probe_file(paths: DataPaths, configured: str) -> Path:
 
 def _judge_rows(store: DuckDBStore, producer: str, hashes: list[str]) -> np.ndarray:
     """[len(hashes), 2] (value, value_norm) of `producer`, NaN where absent or unscorable."""
-    wanted = pl.DataFrame({"content_hash": hashes, "position": np.arange(len(hashes))})
-    with store.connect(read_only=True) as con:
-        con.register("wanted", wanted.to_arrow())
-        rows = con.execute(
-            "SELECT w.position, s.value, s.value_norm FROM wanted w JOIN scores s"
-            " ON s.content_hash = w.content_hash AND s.producer_id = ?",
-            [producer],
-        ).fetchall()
-    out = np.full((len(hashes), 2), np.nan)
-    for pos, value, norm in rows:
-        out[pos] = (np.nan if value is None else value, np.nan if norm is None else norm)
-    return out
+    hashes = pl.Series(hashes, dtype=pl.String)
+    return np.column_stack([shard_values(store, producer, hashes, column) for column in distill.TARGETS]) \
+        if len(hashes) else np.empty((0, 2))
+
+
+# The judge's scores of the sample are the judge's own results, for texts of any shard: they live
+# in one directory of the judge's attribute files that no shard key can name.
+SAMPLE_DIR = ".sample"
 
 
 def _score_with_judge(context, store: DuckDBStore, scorer, producer: str, hashes: list[str],
                       chunk_size: int) -> tuple[int, float]:
     """Judge the documents among `hashes` it has not scored yet; (documents scored, seconds)."""
-    todo = missing_documents(store, texts_for(store, hashes), producer, "scores")
+    todo = missing_documents(store, texts_for(store, hashes), producer)
     seconds = 0.0
 
     def commit(chunk: pl.DataFrame) -> None:
@@ -121,19 +118,11 @@ def _score_with_judge(context, store: DuckDBStore, scorer, producer: str, hashes
         started = time.perf_counter()
         values = np.asarray(scorer.score(chunk["text"].to_list()), dtype=np.float64)
         seconds += time.perf_counter() - started
-        rows = pl.DataFrame({
-            "content_hash": chunk["content_hash"],
-            "producer_id": producer,
-            "value": pl.Series(values[:, 0], dtype=pl.Float64).fill_nan(None),
-            "value_norm": pl.Series(values[:, 1], dtype=pl.Float64).fill_nan(None),
-            "problem": pl.Series(np.where(np.isnan(values[:, 0]), "could not be scored (tokenizes to too few tokens)",
-                                          None), dtype=pl.String),
-            "run_id": context.run.run_id,
-        })
-        with store.transaction() as con:
-            insert_frame(con, "scores", rows, ignore_existing=True)
+        attributes.write_chunk(store.attributes, producer, SAMPLE_DIR, attributes.score_table(
+            producer, chunk["content_hash"].to_list(), values[:, 0], values[:, 1]))
 
     run_in_chunks(context, todo, chunk_size, commit)
+    attributes.compact(store.attributes, producer, SAMPLE_DIR)
     return todo.height, seconds
 
 
@@ -174,15 +163,12 @@ def _round(value: float, digits: int = 4):
 
 def find_probe(store: DuckDBStore, embedding_producer: str, wanted: str = "") -> "tuple[str, Path]":
     """(producer id, file) of the newest probe fitted on `embedding_producer` vectors, or of `wanted`."""
-    rows = store.query(
-        "SELECT a.producer_id, a.path, p.identity_json FROM artifacts a JOIN producers p USING (producer_id)"
-        " WHERE a.kind = ? ORDER BY a.created_at DESC",
-        [PROBE_ARTIFACT],
-    )
-    for producer, path, identity in rows:
+    with store.connect(read_only=True) as con:
+        probes = catalogue.artifacts_of_kind(con, PROBE_ARTIFACT)
+    for producer, path, identity in probes:
         if wanted and producer != wanted:
             continue
-        if json.loads(identity).get("embedder") == embedding_producer and Path(path).is_file():
+        if identity.get("embedder") == embedding_producer and Path(path).is_file():
             return producer, Path(path)
     which = f"probe {wanted}" if wanted else "no Ask-LLM probe"
     raise MissingUpstream(f"{which} fitted on embeddings from {embedding_producer} was found; "
@@ -221,8 +207,8 @@ def ask_llm_probe(
     other = distill.TARGETS[1 - col]
     embedding_producer = make_producer_id("embedding", **load_model(embedder).identity)
 
-    corpus = pl.DataFrame(store.query("SELECT content_hash, shard, n_chars FROM contents ORDER BY content_hash"),
-                          schema={"content_hash": pl.String, "shard": pl.String, "n_chars": pl.Int64}, orient="row")
+    with store.connect(read_only=True) as con:
+        corpus = pl.from_arrow(coverage.contents_columns(con))
     hashes = corpus["content_hash"].to_list()
     if not hashes:
         raise dg.Failure("no documents in the corpus; materialize documents for at least one shard")
@@ -376,32 +362,22 @@ def ask_llm_distilled_scores(
     except MissingUpstream as exc:
         raise dg.Failure(f"ask_llm_distilled_scores[{shard}]: {exc}") from exc
     probe = distill.Probe.load(probe_file)
-    docs = shard_texts(store, shard)
-    todo = missing_documents(store, docs, producer, "scores")
+    docs = shard_texts(paths, shard)
+    todo = missing_documents(store, docs, producer)
 
     def commit(chunk: pl.DataFrame) -> None:
         hashes = chunk["content_hash"].to_list()
         lengths = distill.text_lengths(chunk["text"].to_list())
         values = probe.predict(load_embeddings(store, embedding_producer, hashes), lengths)
-        with store.transaction() as con:
-            insert_frame(con, "scores", pl.DataFrame({
-                "content_hash": hashes,
-                "producer_id": producer,
-                "value": pl.Series(values[:, 0], dtype=pl.Float64),
-                "value_norm": pl.Series(values[:, 1], dtype=pl.Float64),
-                "problem": pl.Series([None] * len(hashes), dtype=pl.String),
-                "run_id": context.run.run_id,
-            }), ignore_existing=True)
+        attributes.write_chunk(store.attributes, producer, shard,
+                               attributes.score_table(producer, hashes, values[:, 0], values[:, 1]))
 
     try:
         run_in_chunks(context, todo, config.chunk_size, commit)
     except MissingUpstream as exc:
         raise dg.Failure(f"ask_llm_distilled_scores[{shard}]: {exc}") from exc
-    with store.connect(read_only=True) as con:
-        con.register("shard_docs", docs.select("content_hash").to_arrow())
-        value = np.asarray(con.execute(
-            "SELECT s.value FROM shard_docs d JOIN scores s ON s.content_hash = d.content_hash"
-            " AND s.producer_id = ?", [producer]).fetchnumpy()["value"], dtype=np.float64)
+    attributes.compact(store.attributes, producer, shard)
+    value = shard_values(store, producer, docs["content_hash"])
     stats = {"documents": docs.height, "scored_now": todo.height, "reused_from_cache": docs.height - todo.height}
     with store.transaction() as con:
         record_run(con, context, config.model_dump(), producer, outputs=stats)

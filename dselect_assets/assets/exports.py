@@ -24,6 +24,7 @@ from dselect_assets.core.export import (
     write_export,
 )
 from dselect_assets.resources import DataPaths, DuckDBStore
+from dselect_assets.store import selections as selection_store
 
 EXPORT_VERSION = "1"
 _BATCH_ROWS = 4096
@@ -47,19 +48,12 @@ class MissingSelection(RuntimeError):
     pass
 
 
-def _sql_string(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def latest_selection(store: DuckDBStore, key: str) -> tuple[str, Path, str]:
-    rows = store.query(
-        "SELECT selection_id, export_path, export_sha256 FROM selections WHERE selection_key = ?"
-        " ORDER BY created_at DESC LIMIT 1",
-        [key],
-    )
-    if not rows:
+    with store.connect(read_only=True) as con:
+        row = selection_store.latest_selection(con, key)
+    if row is None:
         raise MissingSelection(f"selection {key!r} has not been materialized; materialize selections[{key}] first")
-    selection_id, export_path, export_sha = rows[0]
+    selection_id, export_path, export_sha = row
     if not Path(export_path).is_file():
         raise MissingSelection(f"selection {key!r}: its export {export_path} is missing; re-materialize it")
     return selection_id, Path(export_path), export_sha
@@ -67,29 +61,12 @@ def latest_selection(store: DuckDBStore, key: str) -> tuple[str, Path, str]:
 
 def stage_export_input(store: DuckDBStore, selection_file: Path, staged: Path) -> None:
     """Write to `staged` (Parquet) the selection's rows in its order, with each document's source
-    shard and carried metadata. DuckDB streams the join to disk, and the read-only connection is
-    held only for this, not for the slower compression that follows."""
-    documents_files = [Path(r[0]) for r in store.query("SELECT documents_file FROM shards")]
-    with_metadata = [f for f in documents_files if f.is_file() and "metadata" in pq.read_schema(f).names]
-    if with_metadata:
-        files = "[" + ", ".join(_sql_string(f) for f in with_metadata) + "]"
-        metadata_join = (
-            f" LEFT JOIN read_parquet({files}, filename = true, union_by_name = true) m"
-            " ON m.filename = s.documents_file AND m.row_number = c.row_number"
-        )
-        metadata = "m.metadata"
-    else:  # shards ingested before metadata was carried
-        metadata_join, metadata = "", "CAST(NULL AS VARCHAR)"
+    shard and carried metadata; the read-only connection is held only for this, not for the
+    slower compression that follows."""
     with store.connect(read_only=True) as con:
-        con.execute(
-            "COPY (SELECT e.id, e.text, c.shard AS source, "
-            f"{metadata} AS metadata, e.* EXCLUDE (id, text, file_row_number)"
-            f" FROM read_parquet({_sql_string(selection_file)}, file_row_number = true) e"
-            " LEFT JOIN contents c USING (content_hash)"
-            " LEFT JOIN shards s ON s.shard = c.shard"
-            f"{metadata_join}"
-            f" ORDER BY e.file_row_number) TO {_sql_string(staged)} (FORMAT parquet, COMPRESSION zstd)"
-        )
+        files = [Path(f) for f in selection_store.documents_files(con)]
+        with_metadata = [f for f in files if f.is_file() and "metadata" in pq.read_schema(f).names]
+        selection_store.stage_export(con, selection_file, staged, with_metadata)
 
 
 def export_selection(

@@ -1,9 +1,12 @@
 """Per-shard quality signals: embeddings, Ask-LLM scores, perplexity scores.
 
-Every result is keyed by (content_hash, producer_id). A materialization asks
-DuckDB which documents of the shard still lack a result for this producer,
-computes only those, and commits each chunk in its own transaction: a killed
-run loses at most the chunk in flight, and a re-run starts where it stopped.
+Every result is keyed by (content hash, producer id) and stored in the producer's attribute
+files (dselect_assets/store/attributes.py). A materialization reads its shard's documents file
+and the producer's files, computes only the documents with no result yet and writes each chunk
+as its own file: a killed run loses at most the chunk in flight, and a re-run starts where it
+stopped. These assets never open the DuckDB catalogue (a cluster's workers must not share it):
+the producer and the lineage row are left as records the catalogue takes in when it is next
+opened (store/catalogue.py).
 """
 
 import hashlib
@@ -12,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import numpy as np
 import polars as pl
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import insert_frame, record_run, register_artifact, shards
+from dselect_assets.assets.common import run_row, shards
 from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
 from dselect_assets.assets.shard_reader import load_embeddings, shard_texts
 from dselect_assets.core.hashing import content_hash
@@ -31,6 +35,7 @@ from dselect_assets.resources import (
     EmbedderResource,
     PerplexityLMResource,
 )
+from dselect_assets.store import attributes, catalogue
 
 
 # Bump when a change to this module or to a scorer's code changes the results.
@@ -71,29 +76,36 @@ def register_producer(store: DuckDBStore, producer: str, kind: str, identity: di
     """Record a producer and, with `resource_as` (see resource_key), that the resource so
     configured produces it now."""
     with store.transaction() as con:
-        con.execute(
-            "INSERT INTO producers VALUES (?, ?, ?, now()) ON CONFLICT DO NOTHING",
-            [producer, kind, json.dumps(identity, sort_keys=True, default=str)],
-        )
-        if resource_as:
-            con.execute("INSERT OR REPLACE INTO resource_producers VALUES (?, ?, now())", [resource_as, producer])
+        catalogue.insert_producer(con, producer, kind, identity, resource_as)
 
 
-def missing_documents(store: DuckDBStore, docs: pl.DataFrame, producer: str, table: str) -> pl.DataFrame:
-    """The rows of `docs` with no result from `producer` in `table`, shortest first."""
-    with store.connect(read_only=True) as con:
-        con.register("shard_docs", docs.select("content_hash").to_arrow())
-        done = {
-            row[0]
-            for row in con.execute(
-                f"SELECT d.content_hash FROM shard_docs d JOIN {table} t"
-                " ON t.content_hash = d.content_hash AND t.producer_id = ?",
-                [producer],
-            ).fetchall()
-        }
-    todo = docs.filter(~pl.col("content_hash").is_in(list(done)))
+def leave_producer(store: DuckDBStore, producer: str, kind: str, identity: dict, resource_as: str) -> None:
+    """register_producer for a worker: a record the catalogue takes in, no DuckDB connection."""
+    catalogue.leave_record(store.attributes, {
+        "kind": "producer", "producer_id": producer, "producer_kind": kind,
+        "identity": json.loads(json.dumps(identity, default=str)), "resource_as": resource_as,
+    })
+
+
+def leave_run(store: DuckDBStore, context: dg.AssetExecutionContext, config: dict, producer: str,
+              outputs: dict) -> None:
+    catalogue.leave_record(store.attributes, {"kind": "run", "row": run_row(context, config, producer, outputs)})
+
+
+def missing_documents(store: DuckDBStore, docs: pl.DataFrame, producer: str) -> pl.DataFrame:
+    """The rows of `docs` with no result from `producer` in its attribute files, shortest first."""
+    with duckdb.connect() as con:
+        done = attributes.present(con, store.attributes, producer, docs["content_hash"].to_arrow())
+    todo = docs.filter(pl.Series(~done))
     # Similar lengths in a chunk pad less; the hash breaks ties so chunks are reproducible.
     return todo.with_columns(pl.col("text").str.len_chars().alias("_len")).sort(["_len", "content_hash"]).drop("_len")
+
+
+def shard_values(store: DuckDBStore, producer: str, hashes: pl.Series, column: str = "value") -> np.ndarray:
+    """`producer`'s stored value of each given document (NaN where unscorable or absent)."""
+    with duckdb.connect() as con:
+        values, _ = attributes.read_values(con, store.attributes, producer, hashes.to_arrow(), column)
+    return values
 
 
 WEAK_SEPARATION_AUC = 0.7
@@ -110,13 +122,9 @@ def probe_separation(store: DuckDBStore, probe_file: Path, producer: str, column
         return {}
     probe = pl.read_ndjson(probe_file).select("text", "label")
     probe = probe.with_columns(pl.col("text").map_elements(content_hash, return_dtype=pl.String).alias("content_hash"))
-    with store.connect(read_only=True) as con:
-        con.register("probe", probe.select("content_hash", "label").to_arrow())
-        rows = con.execute(
-            f"SELECT p.label, s.{column} FROM probe p JOIN scores s"
-            f" ON s.content_hash = p.content_hash AND s.producer_id = ? WHERE s.{column} IS NOT NULL",
-            [producer],
-        ).fetchall()
+    values = shard_values(store, producer, probe["content_hash"], column)
+    scored = ~np.isnan(values)
+    rows = list(zip(probe["label"].to_numpy()[scored].tolist(), values[scored].tolist()))
     labels = [label for label, _ in rows]
     if len(set(labels)) < 2:
         return {"probe_documents_scored": len(rows)}
@@ -157,45 +165,27 @@ def _score_shard(
     """Shared body of the score assets: value (and value_norm) per missing document."""
     shard = validate_shard_key(context.partition_key)
     producer = make_producer_id(kind, **scorer.identity)
-    register_producer(store, producer, kind, scorer.identity, resource_as)
-    docs = shard_texts(store, shard)
-    todo = missing_documents(store, docs, producer, "scores")
+    docs = shard_texts(paths, shard)
+    todo = missing_documents(store, docs, producer)
 
     def commit(chunk: pl.DataFrame) -> None:
         values = np.asarray(score_fn(chunk["text"].to_list()), dtype=np.float64)
         value = values[:, 0] if values.ndim == 2 else values
-        norm = values[:, 1] if values.ndim == 2 else np.full(len(value), np.nan)
-        unscorable = np.isnan(value)
-        rows = pl.DataFrame({
-            "content_hash": chunk["content_hash"],
-            "producer_id": producer,
-            "value": pl.Series(value, dtype=pl.Float64).fill_nan(None),
-            "value_norm": pl.Series(norm, dtype=pl.Float64).fill_nan(None),
-            "problem": pl.Series(np.where(unscorable, "could not be scored (tokenizes to too few tokens)", None),
-                                 dtype=pl.String),
-            "run_id": context.run.run_id,
-        })
-        with store.transaction() as con:
-            insert_frame(con, "scores", rows, ignore_existing=True)
+        norm = values[:, 1] if values.ndim == 2 else None
+        attributes.write_chunk(store.attributes, producer, shard,
+                               attributes.score_table(producer, chunk["content_hash"].to_list(), value, norm))
 
     run_in_chunks(context, todo, chunk_size, commit)
-
-    with store.connect(read_only=True) as con:
-        con.register("shard_docs", docs.select("content_hash").to_arrow())
-        values = con.execute(
-            "SELECT s.value, s.value_norm FROM shard_docs d JOIN scores s"
-            " ON s.content_hash = d.content_hash AND s.producer_id = ?",
-            [producer],
-        ).fetchnumpy()
-    value = np.asarray(values["value"], dtype=np.float64)
+    attributes.compact(store.attributes, producer, shard)
+    value = shard_values(store, producer, docs["content_hash"])
     stats = {
         "documents": docs.height,
         "scored_now": todo.height,
         "reused_from_cache": docs.height - todo.height,
         "unscorable": int(np.isnan(value).sum()),
     }
-    with store.transaction() as con:
-        record_run(con, context, config, producer, outputs=stats)
+    leave_producer(store, producer, kind, scorer.identity, resource_as)
+    leave_run(store, context, config, producer, stats)
     png = histogram_png(value, f"{kind} · {shard}", paths.dir("reports", kind) / f"{shard}.png")
     return dg.MaterializeResult(
         metadata={
@@ -217,7 +207,7 @@ def _score_shard(
     deps=["documents"],
     group_name="scores",
     code_version=SCORING_VERSION,
-    kinds={"pytorch", "duckdb"},
+    kinds={"pytorch", "parquet"},
     check_specs=[checks.spec("score_range", "ask_llm_scores", "P(yes) in [0, 1], at most 5% unscorable")],
     description="Ask-LLM: P('yes') from an instruction-tuned judge asked if the document is informative "
     "pretraining data (paper prompt, one forward pass), plus P(yes)/(P(yes)+P(no)).",
@@ -240,7 +230,7 @@ def ask_llm_scores(
     deps=["documents"],
     group_name="scores",
     code_version=SCORING_VERSION,
-    kinds={"pytorch", "duckdb"},
+    kinds={"pytorch", "parquet"},
     check_specs=[checks.spec("score_range", "perplexity_scores", "mean NLL in [0, 30] nats, at most 5% unscorable")],
     description="Mean token negative log-likelihood of each document under a small LM (perplexity filter).",
 )
@@ -262,9 +252,10 @@ def perplexity_scores(
     deps=["documents"],
     group_name="scores",
     code_version=SCORING_VERSION,
-    kinds={"pytorch", "numpy"},
+    kinds={"pytorch", "parquet"},
     check_specs=[checks.spec("unit_norm_and_dimension", "embeddings", "every vector has the model's dimension and unit norm")],
-    description="L2-normalized sentence embeddings (float32 .npy chunk files) keyed by content hash.",
+    description="L2-normalized sentence embeddings (float32 .npy beside a Parquet file of content hashes, "
+    "per shard chunk).",
 )
 def embeddings(
     context: dg.AssetExecutionContext,
@@ -276,38 +267,25 @@ def embeddings(
     shard = validate_shard_key(context.partition_key)
     model = load_model(embedder)
     producer = make_producer_id("embedding", **model.identity)
-    register_producer(store, producer, "embedding", model.identity, resource_key("embedding", embedder))
-    docs = shard_texts(store, shard)
-    todo = missing_documents(store, docs, producer, "embedding_index")
-    out_dir = paths.dir("embeddings", producer.replace(":", "-"), shard)
+    docs = shard_texts(paths, shard)
+    todo = missing_documents(store, docs, producer)
+    out_dir = attributes.producer_dir(store.attributes, producer) / shard
 
     def commit(chunk: pl.DataFrame) -> None:
         vectors = model.embed(chunk["text"].to_list()).astype(np.float32, copy=False)
-        hashes = chunk["content_hash"].to_list()
-        # Named by its contents, so a re-run of the same chunk overwrites rather than duplicates.
-        out_file = out_dir / f"{make_producer_id('chunk', hashes=hashes).split(':')[1]}.npy"
-        tmp = out_file.with_suffix(".partial.npy")
-        np.save(tmp, vectors)
-        tmp.replace(out_file)
-        with store.transaction() as con:
-            insert_frame(con, "embedding_index", pl.DataFrame({
-                "content_hash": hashes,
-                "producer_id": producer,
-                "file": str(out_file),
-                "row_in_file": pl.Series(range(len(hashes)), dtype=pl.Int32),
-            }), ignore_existing=True)
-            register_artifact(con, out_file, "embeddings", context.run.run_id, producer, shard, len(hashes))
+        attributes.write_vectors(store.attributes, producer, shard, chunk["content_hash"].to_list(), vectors)
 
     run_in_chunks(context, todo, config.chunk_size * 4, commit)
+    attributes.compact(store.attributes, producer, shard)
     stats = {
         "documents": docs.height,
         "embedded_now": todo.height,
         "reused_from_cache": docs.height - todo.height,
         "dimension": model.dim,
     }
-    with store.transaction() as con:
-        record_run(con, context, {**config.model_dump(), **embedder.model_dump()}, producer, outputs=stats)
-    vectors = load_embeddings(store, producer, docs["content_hash"].to_list())
+    leave_producer(store, producer, "embedding", model.identity, resource_key("embedding", embedder))
+    leave_run(store, context, {**config.model_dump(), **embedder.model_dump()}, producer, stats)
+    vectors = load_embeddings(store, producer, docs["content_hash"].to_arrow())
     return dg.MaterializeResult(
         metadata={**stats, "producer_id": producer, "directory": dg.MetadataValue.path(str(out_dir))},
         data_version=scored_data_version(producer, docs["content_hash"]),

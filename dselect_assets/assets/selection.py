@@ -6,20 +6,21 @@ inputs, config and seed give the same id, the same members and a
 byte-identical Parquet export.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from dselect_assets.assets import checks, distill, paper_scores
 from dselect_assets.assets.common import eager_after_checks, markdown_table, record_run, register_artifact, write_atomically
 from dselect_assets.assets.scoring import resource_key
 from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, texts_for
 from dselect_assets.core import paper, report, samplers
-from dselect_assets.core.hashing import file_sha256
+from dselect_assets.core.hashing import file_sha256, input_version as hashes_version
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.ingest import Document, read_shard
 from dselect_assets.resources import (
@@ -29,6 +30,8 @@ from dselect_assets.resources import (
     EmbedderResource,
     PerplexityLMResource,
 )
+from dselect_assets.store import attributes, catalogue
+from dselect_assets.store import selections as selection_store
 
 DEFAULT_SAMPLERS = [
     "random",
@@ -148,11 +151,8 @@ def in_validation_split(hashes: pl.Series, fraction: float) -> pl.Series:
 def eval_sets(
     context: dg.AssetExecutionContext, config: EvalSetsConfig, store: DuckDBStore, paths: DataPaths
 ) -> dg.MaterializeResult:
-    contents = pl.DataFrame(
-        store.query("SELECT content_hash, doc_id FROM contents ORDER BY content_hash"),
-        schema={"content_hash": pl.String, "doc_id": pl.String},  # typed even when empty
-        orient="row",
-    )
+    with store.connect(read_only=True) as con:
+        contents = pl.from_arrow(selection_store.contents_ids(con))
     validation = contents.filter(in_validation_split(contents["content_hash"], config.validation_fraction))
     validation = validation.join(texts_for(store, validation["content_hash"].to_list()), on="content_hash")
 
@@ -169,19 +169,14 @@ def eval_sets(
     out_dir = paths.dir("eval")
     stats, digests = {}, {}
     with store.transaction() as con:
-        con.execute("DELETE FROM eval_documents")
+        selection_store.clear_eval_sets(con)
         for name, frame in (("in_distribution", validation), ("high_quality", high_quality)):
             out_file = out_dir / f"{name}.parquet"
             frame.select("content_hash", "doc_id", "text").write_parquet(out_file, compression="zstd")
-            con.register("frame", frame.select("content_hash", "doc_id").to_arrow())
-            con.execute(f"INSERT INTO eval_documents SELECT '{name}', content_hash, doc_id FROM frame")
-            con.unregister("frame")
+            selection_store.replace_eval_set(con, name, frame.select("content_hash", "doc_id").to_arrow())
             digests[name] = register_artifact(con, out_file, "eval_set", context.run.run_id, name, None, frame.height)
             stats[name] = frame.height
-        in_corpus = con.execute(
-            "SELECT count(*) FROM eval_documents e JOIN contents c USING (content_hash)"
-            " WHERE e.eval_set = 'high_quality'"
-        ).fetchone()[0]
+        in_corpus = selection_store.eval_texts_in_corpus(con, "high_quality")
         record_run(con, context, config.model_dump(), outputs=stats)
     return dg.MaterializeResult(
         metadata={
@@ -195,7 +190,8 @@ def eval_sets(
 
 
 def eval_hashes(store: DuckDBStore) -> set[str]:
-    return {r[0] for r in store.query("SELECT content_hash FROM eval_documents")}
+    with store.connect(read_only=True) as con:
+        return set(selection_store.held_out_hashes(con).to_pylist())
 
 
 # ------------------------------------------------------------------ selections
@@ -223,15 +219,16 @@ class ScoreSources:
 
 
 def resolve_producer(store: DuckDBStore, kind: str, explicit: str, resource: str) -> str:
-    if explicit:
-        if not store.query("SELECT 1 FROM producers WHERE producer_id = ? AND kind = ?", [explicit, kind]):
-            raise MissingUpstream(f"{kind} producer {explicit!r} (from the selection config) is not in the store")
-        return explicit
-    rows = store.query("SELECT producer_id FROM resource_producers WHERE resource = ?", [resource])
-    if not rows:
+    with store.connect(read_only=True) as con:
+        if explicit:
+            if not catalogue.producer_exists(con, explicit, kind):
+                raise MissingUpstream(f"{kind} producer {explicit!r} (from the selection config) is not in the store")
+            return explicit
+        producer = catalogue.resource_producer(con, resource)
+    if producer is None:
         raise MissingUpstream(f"no {kind} results from the {kind} scorer configured now; "
                               f"materialize its asset for every shard first")
-    return rows[0][0]
+    return producer
 
 
 def read_producers(store: DuckDBStore, needs: set[str], config: SelectionConfig, sources: ScoreSources) -> dict:
@@ -249,27 +246,21 @@ def read_producers(store: DuckDBStore, needs: set[str], config: SelectionConfig,
     return producers
 
 
-def score_column(store: DuckDBStore, producer: str, kind: str, hashes: list[str], column: str = "value") -> np.ndarray:
+def score_column(store: DuckDBStore, producer: str, kind: str, hashes: pa.Array, column: str = "value") -> np.ndarray:
     """One score per eligible document from `producer`; NaN where unscorable."""
-    with store.connect(read_only=True) as con:
-        con.register("wanted", pl.DataFrame({"content_hash": hashes}).to_arrow())
-        frame = con.sql(
-            f"SELECT w.content_hash, s.{column} AS v, s.content_hash IS NOT NULL AS present FROM wanted w"
-            " LEFT JOIN scores s ON s.content_hash = w.content_hash AND s.producer_id = ?",
-            params=[producer],
-        ).to_arrow_table()
-        frame = pl.from_arrow(frame)
-    frame = pl.DataFrame({"content_hash": hashes}).join(frame, on="content_hash", how="left", maintain_order="left")
-    missing = frame.filter(~pl.col("present"))
-    if missing.height:
+    hashes = attributes.as_strings(hashes)
+    with duckdb.connect() as con:
+        values, found = attributes.read_values(con, store.attributes, producer, hashes, column)
+    if not found.all():
+        first = hashes[int(np.flatnonzero(~found)[0])].as_py()
         raise MissingUpstream(
-            f"{missing.height} eligible documents have no {kind} score from {producer} "
-            f"(e.g. {missing['content_hash'][0]}); materialize the {kind} scores for every shard"
+            f"{int((~found).sum())} eligible documents have no {kind} score from {producer} "
+            f"(e.g. {first}); materialize the {kind} scores for every shard"
         )
-    return frame["v"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    return values
 
 
-def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: SelectionConfig,
+def sampler_inputs(store: DuckDBStore, sampler: str, hashes: pa.Array, config: SelectionConfig,
                    sources: ScoreSources):
     """Load exactly the signals `sampler` needs, for the documents that have every score it needs.
 
@@ -289,28 +280,18 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: 
     if "perplexity" in needs:
         fields["perplexity"] = score_column(store, producers["perplexity"], "perplexity", hashes)
     if needs & {"embeddings", "clusters"}:
-        rows = store.query(
-            "SELECT clustering_id FROM cluster_assignments LIMIT 1"
-        )
-        if not rows:
-            raise MissingUpstream("no clusters yet; materialize the clusters asset first")
-        producers["clusters"] = rows[0][0]
-        built_on = store.query("SELECT json_extract_string(identity_json, '$.embedder') FROM producers"
-                               " WHERE producer_id = ?", [producers["clusters"]])
-        if not built_on or built_on[0][0] != producers["embedding"]:
-            raise MissingUpstream(f"the clusters were built on other embeddings than {producers['embedding']}; "
-                                  "re-materialize clusters with the embedder configured now")
-        fields["embeddings"] = load_embeddings(store, producers["embedding"], hashes)
         with store.connect(read_only=True) as con:
-            con.register("wanted", pl.DataFrame({"content_hash": hashes}).to_arrow())
-            assigned = con.sql(
-                "SELECT w.content_hash, a.cluster FROM wanted w LEFT JOIN cluster_assignments a USING (content_hash)"
-            ).to_arrow_table()
-            assigned = pl.from_arrow(assigned)
-        assigned = pl.DataFrame({"content_hash": hashes}).join(assigned, on="content_hash", how="left", maintain_order="left")
-        if assigned["cluster"].null_count():
+            clustering = selection_store.current_clustering(con)
+            if clustering is None:
+                raise MissingUpstream("no clusters yet; materialize the clusters asset first")
+            producers["clusters"], built_on = clustering
+            if built_on != producers["embedding"]:
+                raise MissingUpstream(f"the clusters were built on other embeddings than {producers['embedding']}; "
+                                      "re-materialize clusters with the embedder configured now")
+            fields["clusters"], assigned = selection_store.clusters_of(con, hashes)
+        if not assigned.all():
             raise MissingUpstream("some eligible documents have no cluster; re-materialize clusters")
-        fields["clusters"] = assigned["cluster"].to_numpy()
+        fields["embeddings"] = load_embeddings(store, producers["embedding"], hashes)
     rows = samplers.scorable_rows(len(hashes), **{k: fields.get(k) for k in ("density", "quality", "perplexity")})
     if rows.size == 0:
         raise MissingUpstream(f"none of the {len(hashes)} eligible documents has every score {sampler} needs")
@@ -322,24 +303,14 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: list[str], config: 
 EXPORT_SCORES = {"ask_llm": "ask_llm", "perplexity": "perplexity", "density": "density"}
 
 
-def export_frame(store: DuckDBStore, kept: list[str], producers: dict[str, str], ask_llm_value: str) -> pl.DataFrame:
+def write_export(store: DuckDBStore, kept: pa.Array, producers: dict[str, str], ask_llm_value: str,
+                 out_file: Path) -> None:
     """id, content_hash, text and the scores the selection read (the Ask-LLM column it ranked by),
     by content hash; a score the sampler did not read is null."""
-    frame = texts_for(store, kept)
-    ids = pl.DataFrame(store.query("SELECT content_hash, doc_id FROM contents"), schema=["content_hash", "id"], orient="row")
-    frame = frame.join(ids, on="content_hash", how="left")
-    for kind in EXPORT_SCORES:
-        if kind not in producers:
-            frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(kind))
-            continue
-        column = ask_llm_value if kind == "ask_llm" else "value"
-        scores = pl.DataFrame(
-            store.query(f"SELECT content_hash, {column} FROM scores WHERE producer_id = ?", [producers[kind]]),
-            schema={"content_hash": pl.String, kind: pl.Float64},
-            orient="row",
-        )
-        frame = frame.join(scores.unique("content_hash"), on="content_hash", how="left")
-    return frame.select("id", "content_hash", "text", *EXPORT_SCORES).sort("content_hash")
+    scores = {kind: (producers.get(kind, ""), ask_llm_value if kind == "ask_llm" else "value")
+              for kind in EXPORT_SCORES}
+    with store.connect(read_only=True) as con:
+        write_atomically(out_file, lambda tmp: selection_store.write_export(con, store.attributes, kept, scores, tmp))
 
 
 @dg.asset(
@@ -378,12 +349,11 @@ def selections(
     sources = ScoreSources(resource_key("ask_llm", judge), resource_key("perplexity", perplexity_lm),
                            resource_key("embedding", embedder))
     sampler, rate, sources = selection_target(key, sources)
-    held_out = eval_hashes(store)
-    if not held_out:
+    with store.connect(read_only=True) as con:
+        n_held_out = selection_store.held_out_count(con)
+        hashes = selection_store.eligible_hashes(con)
+    if not n_held_out:
         raise dg.Failure("no evaluation sets recorded; materialize eval_sets first so they can be held out")
-    hashes = sorted(
-        r[0] for r in store.query("SELECT content_hash FROM contents") if r[0] not in held_out
-    )
     try:
         if sampler == "full":
             kept_idx, producers, n_scorable = np.arange(len(hashes)), {}, len(hashes)
@@ -392,30 +362,24 @@ def selections(
             kept_idx, n_scorable = rows[samplers.SAMPLERS[sampler](inputs, rate, config.seed)], rows.size
     except MissingUpstream as exc:
         raise dg.Failure(f"selection {key}: {exc}") from exc
-    kept = [hashes[i] for i in kept_idx]
-    input_version = make_producer_id("input", hashes=hashes)
+    kept = hashes.take(pa.array(kept_idx, pa.int64()))
+    input_version = hashes_version(hashes)
     selection_id = make_producer_id(
         "selection", sampler=sampler, rate=rate, seed=config.seed, producers=producers,
         input_version=input_version, config=config.model_dump(),
     )
     shown = export_producers(store, config, sources, producers)
-    export = export_frame(store, kept, shown, config.ask_llm_value)
     out_file = paths.dir("selections", key) / f"{selection_id.replace(':', '-')}.parquet"
-    write_atomically(out_file, lambda tmp: export.write_parquet(tmp, compression="zstd", statistics=False))
+    write_export(store, kept, shown, config.ask_llm_value, out_file)
     export_sha = file_sha256(out_file)
 
     with store.transaction() as con:
-        con.execute("DELETE FROM selection_members WHERE selection_id = ?", [selection_id])
-        con.register("kept", pl.DataFrame({"content_hash": kept}).to_arrow())
-        con.execute("INSERT INTO selection_members SELECT ?, content_hash FROM kept", [selection_id])
-        con.execute(
-            "INSERT OR REPLACE INTO selections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-            [
-                selection_id, key, sampler, rate, config.seed, json.dumps(config.model_dump(), sort_keys=True),
-                json.dumps(producers, sort_keys=True), input_version, len(hashes), len(kept),
-                str(out_file), export_sha, context.run.run_id,
-            ],
-        )
+        selection_store.record_selection(con, {
+            "selection_id": selection_id, "selection_key": key, "sampler": sampler, "rate": rate,
+            "seed": config.seed, "config": config.model_dump(), "producers": producers,
+            "input_version": input_version, "n_considered": len(hashes), "n_kept": len(kept),
+            "export_path": str(out_file), "export_sha256": export_sha, "run_id": context.run.run_id,
+        }, kept)
         register_artifact(con, out_file, "selection_export", context.run.run_id, selection_id, key, len(kept), export_sha)
         record_run(con, context, config.model_dump(), selection_id, outputs={"kept": len(kept), "considered": len(hashes)})
 
@@ -426,12 +390,12 @@ def selections(
             "unscorable_left_out": len(hashes) - n_scorable,
             "kept": len(kept),
             "rejected": len(hashes) - len(kept),
-            "held_out_for_eval": len(held_out),
+            "held_out_for_eval": n_held_out,
             "export": dg.MetadataValue.path(str(out_file)),
             "export_sha256": export_sha,
             "producers": dg.MetadataValue.json(producers),
             "kept_vs_rejected": dg.MetadataValue.md(
-                accounting_table(store, hashes, set(kept), shown, config.ask_llm_value)),
+                accounting_table(store, hashes, kept_idx, shown, config.ask_llm_value)),
         },
         data_version=dg.DataVersion(export_sha),
         check_results=[
@@ -455,11 +419,12 @@ def export_producers(store: DuckDBStore, config: SelectionConfig, sources: Score
     return shown
 
 
-def accounting_table(store: DuckDBStore, hashes: list[str], kept: set[str], producers: dict,
+def accounting_table(store: DuckDBStore, hashes: pa.Array, kept_idx: np.ndarray, producers: dict,
                      ask_llm_value: str) -> str:
     """Mean of each signal over kept vs rejected documents (Ask-LLM in the column ranked by),
     and cluster coverage."""
-    is_kept = np.array([h in kept for h in hashes])
+    is_kept = np.zeros(len(hashes), dtype=bool)
+    is_kept[kept_idx] = True
     rows = []
     for kind, producer in producers.items():
         try:
@@ -469,9 +434,9 @@ def accounting_table(store: DuckDBStore, hashes: list[str], kept: set[str], prod
         kept_mean = np.nanmean(values[is_kept]) if is_kept.any() else float("nan")
         rejected_mean = np.nanmean(values[~is_kept]) if (~is_kept).any() else float("nan")
         rows.append((kind, f"{kept_mean:.4g}", f"{rejected_mean:.4g}"))
-    clusters = dict(store.query("SELECT content_hash, cluster FROM cluster_assignments"))
-    if clusters:
-        all_clusters = {clusters[h] for h in hashes if h in clusters}
-        kept_clusters = {clusters[h] for h in kept if h in clusters}
-        rows.append(("clusters covered", f"{len(kept_clusters)}/{len(all_clusters)}", ""))
+    with store.connect(read_only=True) as con:
+        cluster, assigned = selection_store.clusters_of(con, hashes)
+    if assigned.any():
+        covered = len(np.unique(cluster[assigned & is_kept]))
+        rows.append(("clusters covered", f"{covered}/{len(np.unique(cluster[assigned]))}", ""))
     return markdown_table(["signal", "kept (mean)", "rejected (mean)"], rows)

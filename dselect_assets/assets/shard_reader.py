@@ -1,19 +1,17 @@
-"""Read what ingestion stored for a shard, and the embeddings stored for a set of documents."""
+"""Read what ingestion stored for a shard, and the embeddings stored for a set of documents.
 
-from collections import defaultdict
+A scoring worker finds the texts of its shard from the file system (store/documents.py) and
+never opens the catalogue.
+"""
 
+import duckdb
 import numpy as np
 import polars as pl
 
-from dselect_assets.resources import DuckDBStore
-
-
-class MissingUpstream(RuntimeError):
-    pass
-
-
-class CorruptFile(MissingUpstream):
-    """A file the store points at cannot be read; the message says how to rebuild it."""
+from dselect_assets.store import attributes, documents
+from dselect_assets.store import selections as selection_store
+from dselect_assets.store.errors import CorruptFile, MissingUpstream
+from dselect_assets.resources import DataPaths, DuckDBStore
 
 
 def read_documents_file(path: str, columns: list[str], shard: str | None = None) -> pl.DataFrame:
@@ -27,38 +25,23 @@ def read_documents_file(path: str, columns: list[str], shard: str | None = None)
         ) from exc
 
 
-def load_vectors(path: str) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r")
-    except Exception as exc:  # truncated header, bad magic, missing file
-        raise CorruptFile(
-            f"{path}: unreadable embedding file ({type(exc).__name__}: {exc}); delete it and "
-            "re-materialize embeddings for its shard: the documents it held are then embedded again"
-        ) from exc
-
-
-def shard_texts(store: DuckDBStore, shard: str) -> pl.DataFrame:
+def shard_texts(paths: DataPaths, shard: str) -> pl.DataFrame:
     """Distinct (content_hash, text) of a shard's accepted documents, in file order."""
-    rows = store.query("SELECT documents_file FROM shards WHERE shard = ?", [shard])
-    if not rows:
+    documents_file = documents.current(paths.root / "documents" / shard)
+    if documents_file is None:
         raise MissingUpstream(f"shard {shard!r} has not been ingested; materialize documents[{shard}] first")
     return (
-        read_documents_file(rows[0][0], ["row_number", "content_hash", "text"], shard)
+        read_documents_file(str(documents_file), ["row_number", "content_hash", "text"], shard)
         .unique(subset="content_hash", keep="first", maintain_order=True)
         .select("content_hash", "text")
     )
 
 
-def texts_for(store: DuckDBStore, content_hashes: list[str]) -> pl.DataFrame:
+def texts_for(store: DuckDBStore, content_hashes) -> pl.DataFrame:
     """Text of each given content hash (first occurrence), in the order given."""
-    wanted = pl.DataFrame({"content_hash": content_hashes}, schema={"content_hash": pl.String})
+    wanted = pl.DataFrame({"content_hash": pl.Series(content_hashes, dtype=pl.String)})
     with store.connect(read_only=True) as con:
-        con.register("wanted", wanted.to_arrow())
-        located = con.sql(
-            "SELECT c.content_hash, c.shard, c.row_number, s.documents_file FROM contents c"
-            " JOIN wanted w USING (content_hash) JOIN shards s USING (shard)"
-        ).to_arrow_table()
-        located = pl.from_arrow(located)
+        located = pl.from_arrow(selection_store.locate_texts(con, wanted["content_hash"].to_arrow()))
     parts = []
     for documents_file, group in located.group_by("documents_file"):
         texts = read_documents_file(documents_file[0], ["row_number", "text"])
@@ -67,30 +50,7 @@ def texts_for(store: DuckDBStore, content_hashes: list[str]) -> pl.DataFrame:
     return wanted.join(found, on="content_hash", how="left", maintain_order="left")
 
 
-def load_embeddings(store: DuckDBStore, producer_id: str, content_hashes: list[str]) -> np.ndarray:
+def load_embeddings(store: DuckDBStore, producer_id: str, content_hashes) -> np.ndarray:
     """Embeddings of the given documents, row i for content_hashes[i]; every one must exist."""
-    wanted = pl.DataFrame({"content_hash": content_hashes, "position": np.arange(len(content_hashes))})
-    with store.connect(read_only=True) as con:
-        con.register("wanted", wanted.to_arrow())
-        located = con.execute(
-            "SELECT w.position, e.file, e.row_in_file FROM wanted w"
-            " LEFT JOIN embedding_index e ON e.content_hash = w.content_hash AND e.producer_id = ?",
-            [producer_id],
-        ).fetchall()
-    missing = [content_hashes[pos] for pos, file, _ in located if file is None]
-    if missing:
-        raise MissingUpstream(
-            f"{len(missing)} documents have no embedding from {producer_id} (e.g. {missing[0]}); "
-            "materialize the embeddings asset for every shard first"
-        )
-    by_file: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for pos, file, row in located:
-        by_file[file].append((pos, row))
-    out: np.ndarray | None = None
-    for file, pairs in by_file.items():
-        block = load_vectors(file)
-        if out is None:
-            out = np.empty((len(content_hashes), block.shape[1]), dtype=np.float32)
-        positions, rows = zip(*pairs)
-        out[list(positions)] = block[list(rows)]
-    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+    with duckdb.connect() as con:
+        return attributes.read_vectors(con, store.attributes, producer_id, content_hashes)

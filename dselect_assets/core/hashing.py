@@ -15,6 +15,10 @@ import re
 import unicodedata
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -34,6 +38,29 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
         for block in iter(lambda: handle.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def hash_set_digest(hex_hashes) -> str:
+    """sha256 naming a set of content hashes (given in any order), computed over the sorted Arrow
+    string buffers rather than a Python object per hash."""
+    hashes = hex_hashes if isinstance(hex_hashes, (pa.Array, pa.ChunkedArray)) else pa.array(hex_hashes, pa.string())
+    hashes = hashes.cast(pa.string())
+    if isinstance(hashes, pa.ChunkedArray):
+        hashes = hashes.combine_chunks()
+    if hashes.null_count:
+        raise ValueError("a set of content hashes holds a null")
+    hashes = hashes.take(pc.sort_indices(hashes))
+    if len(hashes) == 0:
+        return hashlib.sha256(b"").hexdigest()
+    offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int32)[hashes.offset: hashes.offset + len(hashes) + 1]
+    digest = hashlib.sha256((offsets - offsets[0]).astype("<i8").tobytes())  # where each hash ends
+    digest.update(memoryview(hashes.buffers()[2])[offsets[0]: offsets[-1]])
+    return digest.hexdigest()
+
+
+def input_version(hex_hashes) -> str:
+    """`input:<16 hex>` naming the set of documents a corpus-wide result was computed over."""
+    return f"input:{hash_set_digest(hex_hashes)[:16]}"
 
 
 def producer_id(name: str, **parts: object) -> str:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import duckdb
 
+from dselect_assets.store import attributes, catalogue, migrate_files
+
 _log = logging.getLogger(__name__)
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
@@ -42,8 +44,14 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
     return files
 
 
-def apply_migrations(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply every migration not yet recorded in schema_version; return the names applied."""
+def apply_migrations(
+    con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR, attributes_dir: Path | None = None
+) -> list[str]:
+    """Apply every migration not yet recorded in schema_version; return the names applied.
+
+    A migration with a Python step (migrate_files.STEPS: rows moved out to files) runs it in the
+    same transaction, before its SQL; it writes under `attributes_dir`.
+    """
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_version ("
         " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
@@ -56,6 +64,10 @@ def apply_migrations(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) ->
             continue
         con.execute("BEGIN TRANSACTION")
         try:
+            if version in migrate_files.STEPS:
+                if attributes_dir is None:
+                    raise ValueError(f"{path.name} moves rows into attribute files: give attributes_dir")
+                migrate_files.STEPS[version](con, Path(attributes_dir))
             con.execute(path.read_text(encoding="utf-8"))
             con.execute(
                 "INSERT INTO schema_version VALUES (?, ?, now())", [version, path.name]
@@ -120,28 +132,64 @@ def _schema_is_current(database: str, lock_timeout_s: float) -> bool:
     return row is not None and row[0] == latest_schema_version()
 
 
+def _take_in_records(database: str, attributes_dir: Path, lock_timeout_s: float) -> None:
+    """Apply the records scoring workers left for the catalogue (see catalogue.py), then delete them."""
+    records = catalogue.pending_records(attributes_dir)
+    if not records:
+        return
+    con = _open(database, False, lock_timeout_s)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            catalogue.apply_records(con, records)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    for path in records:
+        path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def connect(
-    database: str | Path, read_only: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+    database: str | Path,
+    read_only: bool = False,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    attributes_dir: str | Path | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short connection to the store; migrations are applied once per process, by a writer.
 
-    A read-only connection never takes the write lock: it checks that the schema is
-    current and only when it is not (a new or older store) opens a writer once to
-    migrate it, then reads read-only.
+    A read-only connection never takes the write lock for its own reads: it checks that the
+    schema is current and only when it is not (a new or older store) opens a writer once to
+    migrate it, and likewise once to take in records that workers left for the catalogue
+    (with `attributes_dir`), then reads read-only. With `attributes_dir` the connection also has
+    a temporary view `scores` (content_hash, producer_id, value, value_norm, problem): every
+    stored score of a text in `contents`, for ad-hoc queries; the assets read the files through
+    `attributes`, one producer at a time.
     """
     database = str(database)
     Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if attributes_dir is None:
+        attributes_dir = Path(database).parent / "attributes"
     if database not in _migrated:
         if not (read_only and _schema_is_current(database, lock_timeout_s)):
             con = _open(database, False, lock_timeout_s)
             try:
-                apply_migrations(con)
+                apply_migrations(con, attributes_dir=attributes_dir)
             finally:
                 con.close()
         _migrated.add(database)
+    _take_in_records(database, Path(attributes_dir), lock_timeout_s)
     con = _open(database, read_only, lock_timeout_s)
     try:
+        con.execute(
+            "CREATE TEMP VIEW scores AS SELECT DISTINCT ON (c.content_hash, s.producer_id)"
+            " c.content_hash, s.producer_id, s.value, s.value_norm, s.problem"
+            f" FROM ({attributes.scores_view_sql(Path(attributes_dir))}) s"
+            f" JOIN contents c ON {attributes.key_sql('c.content_hash')} = s.hash"
+        )
         yield con
     finally:
         con.close()

@@ -1,0 +1,83 @@
+"""Python steps of migrations that move rows out of the catalogue into files.
+
+008 (sql/008_attribute_files.sql drops the tables): every `scores` row and every embedding that
+`embedding_index` points at is written to attribute files, one file per (producer, shard), the
+shard being the text's owner in `contents` (density: its corpus-wide file) (a text no shard holds any more goes to `.migrated`);
+embeddings keep the shard of the directory their .npy chunk was in. A migration runs inside one
+transaction: if writing a file fails, the tables stay and the files written so far are harmless
+(a re-run rewrites them under the same names). It also writes each shard's CURRENT documents
+pointer (store/documents.py), which scoring workers read instead of the `shards` table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from dselect_assets.store import attributes, documents
+
+UNOWNED = ".migrated"
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [name]).fetchall())
+
+
+def _move_scores(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    # density is replaced as a whole, so it moves to its one corpus-wide file
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _score_files AS SELECT s.content_hash, s.producer_id,"
+        " CASE WHEN s.producer_id LIKE 'density:%' THEN ? ELSE coalesce(c.shard, ?) END AS shard"
+        " FROM scores s LEFT JOIN contents c USING (content_hash)", [attributes.CORPUS_WIDE, UNOWNED]
+    )
+    groups = con.execute("SELECT DISTINCT producer_id, shard FROM _score_files ORDER BY ALL").fetchall()
+    for producer, shard in groups:
+        rows = con.sql(
+            "SELECT s.content_hash, s.value, s.value_norm FROM scores s JOIN _score_files f"
+            " USING (content_hash, producer_id) WHERE f.producer_id = ? AND f.shard = ? ORDER BY s.content_hash",
+            params=[producer, shard],
+        ).to_arrow_table()
+        value = rows["value"].to_numpy(zero_copy_only=False).astype(np.float64)
+        norm = rows["value_norm"].to_numpy(zero_copy_only=False).astype(np.float64)
+        table = attributes.score_table(producer, rows["content_hash"].to_pylist(), value, norm)
+        if shard == attributes.CORPUS_WIDE:
+            attributes.replace_corpus_wide(root, producer, [table])
+        else:
+            attributes.write_chunk(root, producer, shard, table)
+    con.execute("DROP TABLE _score_files")
+
+
+def _move_embeddings(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    files = con.execute("SELECT DISTINCT producer_id, file FROM embedding_index ORDER BY ALL").fetchall()
+    for producer, file in files:
+        rows = con.execute(
+            "SELECT content_hash, row_in_file FROM embedding_index WHERE producer_id = ? AND file = ?"
+            " ORDER BY row_in_file", [producer, file]
+        ).fetchall()
+        try:
+            block = np.load(file, mmap_mode="r")
+        except Exception as exc:  # truncated header, bad magic, missing file
+            raise RuntimeError(f"{file}: unreadable embedding file ({type(exc).__name__}: {exc}); delete the "
+                               f"embedding_index rows naming it, migrate, then re-materialize embeddings") from exc
+        vectors = np.asarray(block[[row for _, row in rows]], dtype=np.float32)
+        attributes.write_vectors(root, producer, Path(file).parent.name, [h for h, _ in rows], vectors)
+
+
+def _point_at_documents(con: duckdb.DuckDBPyConnection) -> None:
+    for (documents_file,) in con.execute("SELECT documents_file FROM shards").fetchall():
+        if Path(documents_file).is_file():
+            documents.point_at(Path(documents_file))
+
+
+def move_scores_and_embeddings(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    _point_at_documents(con)
+    if _table_exists(con, "scores"):
+        _move_scores(con, root)
+    if _table_exists(con, "embedding_index"):
+        _move_embeddings(con, root)
+
+
+STEPS: dict[int, Callable[[duckdb.DuckDBPyConnection, Path], None]] = {8: move_scores_and_embeddings}

@@ -1,0 +1,205 @@
+"""What a selection reads from the catalogue and what it records: eligible documents, clusters,
+ids, members. Documents are passed as Arrow string arrays of content hashes, never Python lists;
+results come back aligned with them (row i for hash i)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dselect_assets.store import attributes
+
+
+def _register_positions(con: duckdb.DuckDBPyConnection, hex_hashes, name: str = "_positions") -> str:
+    con.register(f"{name}_in", pa.table({"content_hash": attributes.as_strings(hex_hashes)}))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS"
+                f" SELECT (row_number() OVER () - 1)::BIGINT AS position, content_hash FROM {name}_in")
+    con.unregister(f"{name}_in")
+    return name
+
+
+def eligible_hashes(con: duckdb.DuckDBPyConnection) -> pa.Array:
+    """Every distinct text of the corpus that no evaluation set holds, sorted by content hash."""
+    table = con.sql(
+        "SELECT content_hash FROM contents c WHERE NOT EXISTS"
+        " (SELECT 1 FROM eval_documents e WHERE e.content_hash = c.content_hash) ORDER BY content_hash"
+    ).to_arrow_table()
+    return table["content_hash"].combine_chunks().cast(pa.string())
+
+
+def contents_ids(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """content_hash and first-occurrence doc_id of every distinct text, sorted by hash."""
+    return con.sql("SELECT content_hash, doc_id FROM contents ORDER BY content_hash").to_arrow_table()
+
+
+def locate_texts(con: duckdb.DuckDBPyConnection, hex_hashes) -> pa.Table:
+    """(content_hash, row_number, documents_file) of each given text's first occurrence."""
+    positions = _register_positions(con, hex_hashes)
+    return con.sql(
+        f"SELECT c.content_hash, c.row_number, s.documents_file FROM contents c"
+        f" JOIN {positions} w USING (content_hash) JOIN shards s USING (shard)"
+    ).to_arrow_table()
+
+
+def replace_eval_set(con: duckdb.DuckDBPyConnection, name: str, documents: pa.Table) -> None:
+    """The documents (content_hash, doc_id) of evaluation set `name` (inside the caller's transaction,
+    after clear_eval_sets)."""
+    con.register("_eval_set", documents)
+    con.execute("INSERT INTO eval_documents SELECT ?, content_hash, doc_id FROM _eval_set", [name])
+    con.unregister("_eval_set")
+
+
+def clear_eval_sets(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("DELETE FROM eval_documents")
+
+
+def eval_texts_in_corpus(con: duckdb.DuckDBPyConnection, name: str) -> int:
+    return con.execute("SELECT count(*) FROM eval_documents e JOIN contents c USING (content_hash)"
+                       " WHERE e.eval_set = ?", [name]).fetchall()[0][0]
+
+
+def held_out_hashes(con: duckdb.DuckDBPyConnection) -> pa.Array:
+    return con.sql("SELECT DISTINCT content_hash FROM eval_documents").to_arrow_table()["content_hash"].combine_chunks()
+
+
+def held_out_count(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute("SELECT count(DISTINCT content_hash) FROM eval_documents").fetchall()[0][0]
+
+
+def current_clustering(con: duckdb.DuckDBPyConnection) -> tuple[str, str | None] | None:
+    """(clustering id, the embedding producer it was built on) of the stored assignments, or None."""
+    rows = con.execute(
+        "SELECT a.clustering_id, json_extract_string(p.identity_json, '$.embedder')"
+        " FROM (SELECT clustering_id FROM cluster_assignments LIMIT 1) a"
+        " LEFT JOIN producers p ON p.producer_id = a.clustering_id"
+    ).fetchall()
+    return rows[0] if rows else None
+
+
+def clusters_of(con: duckdb.DuckDBPyConnection, hex_hashes) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster of each document, -1 where unassigned; whether it is assigned)."""
+    n = len(hex_hashes)
+    cluster, found = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=bool)
+    positions = _register_positions(con, hex_hashes)
+    rows = con.sql(f"SELECT w.position, a.cluster FROM {positions} w"
+                       " JOIN cluster_assignments a USING (content_hash)").to_arrow_table()
+    at = rows["position"].to_numpy()
+    cluster[at], found[at] = rows["cluster"].to_numpy(), True
+    return cluster, found
+
+
+def doc_ids(con: duckdb.DuckDBPyConnection, hex_hashes) -> pa.Array:
+    """The id of each document's first occurrence (null for a text not in the corpus)."""
+    positions = _register_positions(con, hex_hashes)
+    return con.sql(
+        f"SELECT c.doc_id FROM {positions} w LEFT JOIN contents c USING (content_hash) ORDER BY w.position"
+    ).to_arrow_table()["doc_id"].combine_chunks()
+
+
+def record_selection(con: duckdb.DuckDBPyConnection, row: dict, kept: pa.Array) -> None:
+    """Replace the selection's row and members (inside the caller's transaction)."""
+    con.execute("DELETE FROM selection_members WHERE selection_id = ?", [row["selection_id"]])
+    con.register("_kept", pa.table({"content_hash": kept}))
+    con.execute("INSERT INTO selection_members SELECT ?, content_hash FROM _kept", [row["selection_id"]])
+    con.unregister("_kept")
+    con.execute(
+        "INSERT OR REPLACE INTO selections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+        [row["selection_id"], row["selection_key"], row["sampler"], row["rate"], row["seed"],
+         json.dumps(row["config"], sort_keys=True), json.dumps(row["producers"], sort_keys=True),
+         row["input_version"], row["n_considered"], row["n_kept"], row["export_path"], row["export_sha256"],
+         row["run_id"]],
+    )
+
+
+def eval_leaks(con: duckdb.DuckDBPyConnection, selection_id: str) -> int:
+    """How many members of the selection an evaluation set holds."""
+    return con.execute(
+        "SELECT count(*) FROM selection_members m JOIN eval_documents e USING (content_hash)"
+        " WHERE m.selection_id = ?", [selection_id],
+    ).fetchall()[0][0]
+
+
+def latest_selection(con: duckdb.DuckDBPyConnection, key: str) -> tuple[str, str, str] | None:
+    """(selection id, export path, export sha256) of the newest selection of partition `key`."""
+    rows = con.execute(
+        "SELECT selection_id, export_path, export_sha256 FROM selections WHERE selection_key = ?"
+        " ORDER BY created_at DESC LIMIT 1", [key],
+    ).fetchall()
+    return rows[0] if rows else None
+
+
+def documents_files(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [path for (path,) in con.execute("SELECT documents_file FROM shards").fetchall()]
+
+
+def _literal(value) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def stage_export(con: duckdb.DuckDBPyConnection, selection_file: Path, staged: Path,
+                 with_metadata: list[Path]) -> None:
+    """Write to `staged` (Parquet) the selection's rows in its order, with each document's source
+    shard and, from the documents files in `with_metadata`, the metadata ingest carried. DuckDB
+    streams the join to disk."""
+    if with_metadata:
+        files = "[" + ", ".join(_literal(f) for f in with_metadata) + "]"
+        metadata_join = (
+            f" LEFT JOIN read_parquet({files}, filename = true, union_by_name = true) m"
+            " ON m.filename = s.documents_file AND m.row_number = c.row_number"
+        )
+        metadata = "m.metadata"
+    else:  # shards ingested before metadata was carried
+        metadata_join, metadata = "", "CAST(NULL AS VARCHAR)"
+    con.execute(
+        "COPY (SELECT e.id, e.text, c.shard AS source, "
+        f"{metadata} AS metadata, e.* EXCLUDE (id, text, file_row_number)"
+        f" FROM read_parquet({_literal(selection_file)}, file_row_number = true) e"
+        " LEFT JOIN contents c USING (content_hash)"
+        " LEFT JOIN shards s ON s.shard = c.shard"
+        f"{metadata_join}"
+        f" ORDER BY e.file_row_number) TO {_literal(staged)} (FORMAT parquet, COMPRESSION zstd)"
+    )
+
+
+EXPORT_BATCH_ROWS = 8192
+
+
+def write_export(con: duckdb.DuckDBPyConnection, attributes_root: Path, kept, scores: dict[str, tuple[str, str]],
+                 out_file: Path) -> int:
+    """Write the selection's export: id, content_hash, text and one column per entry of `scores`
+    (name -> (producer, value column); null where absent), sorted by content hash. DuckDB joins the
+    kept hashes with `contents`, the documents files and the attribute files and hands the rows
+    over in batches, so memory holds a batch, not the selection. Returns the rows written."""
+    kept_table = _register_positions(con, kept, "_kept_rows")
+    files = documents_files(con)
+    texts = (f" LEFT JOIN read_parquet([{', '.join(_literal(f) for f in files)}], filename = true) t"
+             " ON t.filename = s.documents_file AND t.row_number = c.row_number") if files else ""
+    columns, joins = [], []
+    for i, (name, (producer, column)) in enumerate(scores.items()):
+        glob = attributes.producer_glob(attributes_root, producer) if producer else None
+        if glob is None:
+            columns.append(f"NULL::DOUBLE AS {name}")
+            continue
+        joins.append(f" LEFT JOIN (SELECT DISTINCT ON (hash) hash, {column}::DOUBLE AS v"
+                     f" FROM read_parquet({_literal(glob)})) a{i} ON a{i}.hash = {attributes.key_sql('k.content_hash')}")
+        columns.append(f"a{i}.v AS {name}")
+    query = (
+        f"SELECT c.doc_id AS id, k.content_hash, {'t.text' if files else 'NULL::VARCHAR'} AS text"
+        + "".join(f", {c}" for c in columns)
+        + f" FROM {kept_table} k LEFT JOIN contents c USING (content_hash) LEFT JOIN shards s ON s.shard = c.shard"
+        + texts + "".join(joins) + " ORDER BY k.content_hash"
+    )
+    schema = pa.schema([("id", pa.string()), ("content_hash", pa.string()), ("text", pa.string())]
+                       + [(name, pa.float64()) for name in scores])
+    reader = con.sql(query).to_arrow_reader(EXPORT_BATCH_ROWS)
+    n = 0
+    with pq.ParquetWriter(out_file, schema, compression="zstd", write_statistics=False) as writer:
+        for batch in reader:
+            writer.write_batch(batch.cast(schema) if batch.schema != schema else batch)
+            n += batch.num_rows
+    return n

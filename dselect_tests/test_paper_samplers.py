@@ -174,7 +174,9 @@ def test_checkpoints_are_the_weights_of_one_run_at_each_share(tmp_path):
     assert not torch.equal(load_model(dirs[0]).state_dict()["token_embedding.weight"],
                            kept["token_embedding.weight"])
     with pytest.raises(ValueError, match="distinct steps"):
-        checkpoint_lm.checkpoint_steps(train.TrainConfig(token_budget=10 * 8 * 128), fractions)
+        # 3 steps in all cannot hold five distinct checkpoints
+        checkpoint_lm.checkpoint_steps(train.TrainConfig(token_budget=3 * 4 * 32, batch_size=4, model=config.model),
+                                       fractions)
 
 
 def test_document_nll_is_each_documents_own_perplexity():
@@ -224,7 +226,8 @@ def test_the_perplexity_filter_over_a_tiny_lm_checkpoint_end_to_end(workspace, r
     run([corpus.documents], partition_key="s.jsonl")
     run([selection.eval_sets], run_config={"ops": {"eval_sets": {"config": {"validation_fraction": 0.1}}}})
     run([training.lm_tokenizer_file], run_config={"ops": {"lm_tokenizer_file": {"config": {"vocab_size": 300}}}})
-    budget = {"token_budget": 50 * 4 * 128, "batch_size": 4}
+    context = training.TrainingConfig().train_config(300).model.context_length
+    budget = {"token_budget": 50 * 4 * context, "batch_size": 4}  # 50 steps
     steps = run([tiny_lm_scores.tiny_lm_step_checkpoints],
                 run_config={"ops": {"tiny_lm_step_checkpoints": {"config": budget}}})
     assert steps.asset_materializations_for_node("tiny_lm_step_checkpoints")[0].metadata["steps"].value == {

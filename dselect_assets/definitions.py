@@ -65,7 +65,6 @@ report_job = dg.define_asset_job(
 )
 
 
-
 # What `dselect run` selects by default: every default sampler at every rate, and the full data.
 DEFAULT_SELECTION_KEYS = [selection.selection_key(s, r) for s in selection.DEFAULT_SAMPLERS
                           for r in selection.DEFAULT_RATES] + [selection.FULL_DATA_KEY]

@@ -127,7 +127,7 @@ class HashedBagOfWords:
     dim = STANDIN_DIM
     identity = {"model": "stand-in:hashed-bag-of-words", "dim": STANDIN_DIM}
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], progress=None) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
             for word in text.lower().split():

@@ -12,7 +12,7 @@ import dagster as dg
 import polars as pl
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import record_run, register_artifact
+from dselect_assets.assets.common import progress_log, record_run, register_artifact
 from dselect_assets.assets.plots import png_markdown
 from dselect_assets.assets.scoring import resource_key
 from dselect_assets.assets.selection import (
@@ -192,7 +192,8 @@ def checkpoints(
         tokenizer=tok_sha, code=train.__name__ + "/1",
     )
     out_dir = paths.dir("checkpoints", checkpoint_id.replace(":", "-"))
-    result = train.train_lm(token_docs, train_config, out_dir, seed=seed, resume=True)
+    result = train.train_lm(token_docs, train_config, out_dir, seed=seed, resume=True,
+                            progress=progress_log(context, unit="steps"))
     losses = result.loss_history
     with store.transaction() as con:
         sha = register_artifact(con, Path(result.weights_path), "checkpoint", context.run.run_id, checkpoint_id, key)

@@ -73,11 +73,11 @@ def newest_evaluated_checkpoints(con: duckdb.DuckDBPyConnection, config_json: st
 
 def paired_scores(con: duckdb.DuckDBPyConnection, resource_a: str, resource_b: str) -> tuple[np.ndarray, np.ndarray]:
     """The values of the producers two resources registered, over the texts both have a value for."""
-    table = con.execute(
+    table = con.sql(
         "SELECT a.value AS a, p.value AS b FROM scores a JOIN scores p USING (content_hash)"
         " WHERE a.producer_id = (SELECT producer_id FROM resource_producers WHERE resource = ?)"
         "  AND p.producer_id = (SELECT producer_id FROM resource_producers WHERE resource = ?)"
         "  AND a.value IS NOT NULL AND p.value IS NOT NULL",
-        [resource_a, resource_b],
-    ).fetch_arrow_table()
+        params=[resource_a, resource_b],
+    ).to_arrow_table()
     return table["a"].to_numpy(), table["b"].to_numpy()

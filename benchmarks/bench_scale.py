@@ -8,8 +8,9 @@ documents are N selectable contents. It is written as JSONL shards of a fixed
 size, so "bounded" means: peak RSS depends on the shard size, not on N.
 
 Each stage runs in its own child process (a fresh ephemeral Dagster instance on
-the same DuckDB file); its peak RSS is that child's own ru_maxrss (os.wait4),
-so one stage's peak never hides another's:
+the same DuckDB file); its peak RSS is that child's own high-water mark (VmHWM,
+read by the child as it ends; wait4's ru_maxrss would start from the parent's RSS,
+which Linux carries over into an exec'd child), so one stage's peak never hides another's:
   baseline        imports + opening the store, no work (what every stage pays)
   ingest          documents[shard] for every shard, one materialization each
   eval_sets       the held-out splits
@@ -127,7 +128,7 @@ class HashedBagOfWords:
     dim = STANDIN_DIM
     identity = {"model": "stand-in:hashed-bag-of-words", "dim": STANDIN_DIM}
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], progress=None) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
             for word in text.lower().split():
@@ -142,16 +143,22 @@ class HashedBagOfWords:
 # ------------------------------------------------------------------ stages (child side)
 
 
-def _rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
 def _resources(home: Path, corpus: Path) -> dict:
-    from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
+    from dselect_assets.resources import (
+        AskLLMJudgeResource,
+        DataPaths,
+        DuckDBStore,
+        EmbedderResource,
+        PerplexityLMResource,
+    )
 
     class StandInEmbedderResource(EmbedderResource):
         def load(self):
@@ -161,20 +168,25 @@ def _resources(home: Path, corpus: Path) -> dict:
         "paths": DataPaths(home=str(home), corpus_dir=str(corpus)),
         "store": DuckDBStore(database=str(home / "dselect.duckdb")),
         "embedder": StandInEmbedderResource(),
+        # `selections` names the judge's and the LM's producers by these resources' settings; the
+        # random and density samplers read no score, so no model is loaded.
+        "judge": AskLLMJudgeResource(),
+        "perplexity_lm": PerplexityLMResource(),
     }
 
 
 def write_standin_embeddings(resources: dict, shard_names: list[str]) -> None:
     """What the embeddings asset writes (one attribute file per shard: hashes + .npy), from a
     stand-in embedder without the asset's bookkeeping; `--embeddings-asset` runs the asset."""
-    from dselect_assets.assets.scoring import register_producer
+    from dselect_assets.assets.scoring import register_producer, resource_key
     from dselect_assets.assets.shard_reader import shard_texts
     from dselect_assets.core.hashing import producer_id as make_producer_id
     from dselect_assets.store import attributes
 
     store, paths, model = resources["store"], resources["paths"], HashedBagOfWords()
     producer = make_producer_id("embedding", **model.identity)
-    register_producer(store, producer, "embedding", model.identity)
+    # As the embeddings asset: the configured embedder resource produces it, so `selections` finds it.
+    register_producer(store, producer, "embedding", model.identity, resource_key("embedding", resources["embedder"]))
     for shard in shard_names:
         docs = shard_texts(paths, shard)
         attributes.write_vectors(store.attributes, producer, shard, docs["content_hash"].to_arrow(),
@@ -187,7 +199,7 @@ def run_stage(stage: str, home: Path, corpus: Path) -> dict:
     from dselect_assets.assets.corpus import documents, list_shard_files
     from dselect_assets.assets.density import density, density_sketch
     from dselect_assets.assets.scoring import embeddings
-    from dselect_assets.assets.selection import eval_sets, selections
+    from dselect_assets.assets.selection import eval_sets, selection_partition, selections
 
     resources = _resources(home, corpus)
     shard_names = [p.name for p in list_shard_files(corpus)]
@@ -217,7 +229,7 @@ def run_stage(stage: str, home: Path, corpus: Path) -> dict:
         elif stage == "eval_sets":
             materialize([eval_sets])
         elif stage == "select_random":
-            materialize([selections], RANDOM_KEY)
+            materialize([selections], selection_partition(RANDOM_KEY))
         elif stage in ("density_inputs", "density_inputs_via_asset"):
             if stage == "density_inputs_via_asset":
                 # Larger chunks than the default: the stand-in is cheap, so per-chunk commits dominate.
@@ -230,7 +242,7 @@ def run_stage(stage: str, home: Path, corpus: Path) -> dict:
                 materialize([density_sketch], shard)
             materialize([density])
         elif stage == "select_density":
-            materialize([selections], DENSITY_KEY)
+            materialize([selections], selection_partition(DENSITY_KEY))
         else:
             raise ValueError(f"unknown stage {stage!r}")
         out["seconds"] = time.perf_counter() - start
@@ -249,14 +261,11 @@ def run_child(stage: str, home: Path, corpus: Path) -> dict:
     log_file = home / f"{stage}.log"  # Dagster's event log lines; shown only when the stage fails
     with open(log_file, "wb") as log:
         child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+        code = child.wait()
     if code != 0:
         tail = log_file.read_text(errors="replace").splitlines()[-40:]
         raise RuntimeError(f"stage {stage} failed with exit code {code}; end of {log_file}:\n" + "\n".join(tail))
-    result = json.loads(result_file.read_text())
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
-    return result
+    return json.loads(result_file.read_text())
 
 
 def bench_size(texts: list[str], n: int, workdir: Path, eval_dir: Path, shard_docs: int, with_density: bool,
@@ -311,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.stage:
-        args.result.write_text(json.dumps(run_stage(args.stage, args.home, args.corpus)))
+        result = run_stage(args.stage, args.home, args.corpus)
+        args.result.write_text(json.dumps({**result, "peak_rss_mb": _rss_mb("VmHWM")}))
         return 0
 
     small, large = sorted(args.sizes)

@@ -75,7 +75,7 @@ def run_pipeline(stages: list[str] | None = None, workers: int = 1, profile: str
     its own process. Configurations the profile cannot run here are named, with why, first.
 
     DuckDB writes from the workers never collide: each is one short transaction retried while
-    another process holds the file (core/store.py).
+    another process holds the file (dselect_assets/store/connection.py).
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

@@ -3,7 +3,7 @@
 - `local` (default): Dagster's multiprocess executor on this machine. Steps of
   one run go in parallel processes; DuckDB writes from them never collide
   because every write is a short transaction retried while another process
-  holds the file (see core/store.py), so no step has to wait for another's
+  holds the file (see dselect_assets/store/connection.py), so no step has to wait for another's
   whole model run.
 - `cluster`: the Celery executor of `dagster-celery`. Every step is a Celery
   task that a worker process picks up from the broker, on this machine or any

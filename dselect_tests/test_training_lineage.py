@@ -2,6 +2,7 @@
 checkpoints of the current selections, training config and tokenizer."""
 
 import json
+import re
 
 import dagster as dg
 import pytest
@@ -32,7 +33,11 @@ def test_eval_and_report_never_mix_runs(workspace, resources, instance):
     run([training.lm_tokenizer_file], run_config={"ops": {"lm_tokenizer_file": {"config": {"vocab_size": 400}}}})
     run([selection.selections], partition_key=selection.FULL_DATA_PARTITION)
     train_cfg = {"ops": {"checkpoints": {"config": BUDGET}}}
-    run([training.checkpoints, training.eval_metrics], partition_key=key(selection.FULL_DATA_KEY), run_config=train_cfg)
+    trained = run([training.checkpoints, training.eval_metrics], partition_key=key(selection.FULL_DATA_KEY),
+                  run_config=train_cfg)
+    # Training logs its progress in steps, up to the last one.
+    logged = [e.user_message for e in instance.all_logs(trained.run_id) if e.dagster_event is None]
+    assert any(re.match(r"(\d+)/\1 steps \(100%\), ", m) for m in logged)
     store = resources["store"]
     first = dict(store.query("SELECT eval_set, perplexity FROM eval_metrics"))
 

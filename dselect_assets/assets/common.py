@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
+from dselect_assets.core.progress import Progress, format_progress, throttled
 from dselect_assets.store import catalogue
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
@@ -28,6 +29,17 @@ def eager_after_checks() -> dg.AutomationCondition:
     return (dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()).with_label(
         "eager_after_checks"
     )
+
+
+# A long step's log gets a progress line this often (and always its first and last).
+PROGRESS_EVERY_SECONDS = 15.0
+
+
+def progress_log(context: dg.AssetExecutionContext, unit: str = "docs") -> Progress:
+    """A progress(done, total, elapsed) callback that writes "done/total, rate, time left" to
+    the run's log, throttled so a fast loop does not write a line per batch."""
+    return throttled(lambda done, total, elapsed: context.log.info(format_progress(done, total, elapsed, unit)),
+                     PROGRESS_EVERY_SECONDS)
 
 
 def partition_key_or_empty(context: dg.AssetExecutionContext) -> str:

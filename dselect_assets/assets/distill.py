@@ -37,6 +37,7 @@ from dselect_assets.core import distill
 from dselect_assets.core.hashing import content_hash
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.judge_eval import ProbeFileError, load_probe, roc_auc
+from dselect_assets.core.progress import Progress
 from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, EmbedderResource
 from dselect_assets.store import attributes, catalogue, coverage
 
@@ -113,10 +114,10 @@ def _score_with_judge(context, store: DuckDBStore, scorer, producer: str, hashes
     todo = missing_documents(store, texts_for(store, hashes), producer)
     seconds = 0.0
 
-    def commit(chunk: pl.DataFrame) -> None:
+    def commit(chunk: pl.DataFrame, progress: Progress) -> None:
         nonlocal seconds
         started = time.perf_counter()
-        values = np.asarray(scorer.score(chunk["text"].to_list()), dtype=np.float64)
+        values = np.asarray(scorer.score(chunk["text"].to_list(), progress), dtype=np.float64)
         seconds += time.perf_counter() - started
         attributes.write_chunk(store.attributes, producer, SAMPLE_DIR, attributes.score_table(
             producer, chunk["content_hash"].to_list(), values[:, 0], values[:, 1]))
@@ -365,7 +366,7 @@ def ask_llm_distilled_scores(
     docs = shard_texts(paths, shard)
     todo = missing_documents(store, docs, producer)
 
-    def commit(chunk: pl.DataFrame) -> None:
+    def commit(chunk: pl.DataFrame, _progress: Progress) -> None:
         hashes = chunk["content_hash"].to_list()
         lengths = distill.text_lengths(chunk["text"].to_list())
         values = probe.predict(load_embeddings(store, embedding_producer, hashes), lengths)

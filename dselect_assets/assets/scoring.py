@@ -11,6 +11,7 @@ opened (store/catalogue.py).
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,13 +21,14 @@ import numpy as np
 import polars as pl
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import run_row, shards
+from dselect_assets.assets.common import progress_log, run_row, shards
 from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
 from dselect_assets.assets.shard_reader import load_embeddings, shard_texts
 from dselect_assets.core.hashing import content_hash
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.judge_eval import roc_auc
 from dselect_assets.core.models import ModelLoadError
+from dselect_assets.core.progress import Progress
 from dselect_assets.core.shard_keys import validate_shard_key
 from dselect_assets.resources import (
     AskLLMJudgeResource,
@@ -140,12 +142,27 @@ def run_in_chunks(
     context: dg.AssetExecutionContext,
     todo: pl.DataFrame,
     chunk_size: int,
-    compute_and_commit: Callable[[pl.DataFrame], None],
+    compute_and_commit: Callable[[pl.DataFrame, Progress], None],
 ) -> None:
+    """compute_and_commit(chunk, progress) for each chunk of `todo`; the run's log gets the
+    documents done, rate and time left over all of `todo`, from the progress the scorer reports
+    per batch (in chunk counts) and from each committed chunk."""
     total = todo.height
+    if not total:
+        return
+    log = progress_log(context)
+    started = time.perf_counter()
+    log(0, total, 0.0)
     for start in range(0, total, chunk_size):
-        compute_and_commit(todo.slice(start, chunk_size))
-        context.log.info(f"committed {min(start + chunk_size, total)}/{total}")
+        chunk = todo.slice(start, chunk_size)
+
+        def within_chunk(done: int, _chunk_total: int, _elapsed: float) -> None:
+            # A chunk's end is reported once it is committed, below.
+            if done < chunk.height:
+                log(start + done, total, time.perf_counter() - started)
+
+        compute_and_commit(chunk, within_chunk)
+        log(start + chunk.height, total, time.perf_counter() - started)
 
 
 def _score_shard(
@@ -154,7 +171,7 @@ def _score_shard(
     paths: DataPaths,
     kind: str,
     scorer,
-    score_fn: Callable[[list[str]], np.ndarray],
+    score_fn: Callable[[list[str], Progress], np.ndarray],
     chunk_size: int,
     config: dict,
     valid_range: tuple[float, float],
@@ -168,8 +185,8 @@ def _score_shard(
     docs = shard_texts(paths, shard)
     todo = missing_documents(store, docs, producer)
 
-    def commit(chunk: pl.DataFrame) -> None:
-        values = np.asarray(score_fn(chunk["text"].to_list()), dtype=np.float64)
+    def commit(chunk: pl.DataFrame, progress: Progress) -> None:
+        values = np.asarray(score_fn(chunk["text"].to_list(), progress), dtype=np.float64)
         value = values[:, 0] if values.ndim == 2 else values
         norm = values[:, 1] if values.ndim == 2 else None
         attributes.write_chunk(store.attributes, producer, shard,
@@ -271,8 +288,8 @@ def embeddings(
     todo = missing_documents(store, docs, producer)
     out_dir = attributes.producer_dir(store.attributes, producer) / shard
 
-    def commit(chunk: pl.DataFrame) -> None:
-        vectors = model.embed(chunk["text"].to_list()).astype(np.float32, copy=False)
+    def commit(chunk: pl.DataFrame, progress: Progress) -> None:
+        vectors = model.embed(chunk["text"].to_list(), progress).astype(np.float32, copy=False)
         attributes.write_vectors(store.attributes, producer, shard, chunk["content_hash"].to_list(), vectors)
 
     run_in_chunks(context, todo, config.chunk_size * 4, commit)

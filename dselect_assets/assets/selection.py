@@ -189,11 +189,6 @@ def eval_sets(
     )
 
 
-def eval_hashes(store: DuckDBStore) -> set[str]:
-    with store.connect(read_only=True) as con:
-        return set(selection_store.held_out_hashes(con).to_pylist())
-
-
 # ------------------------------------------------------------------ selections
 
 

@@ -26,7 +26,9 @@ def step_run(store: DuckDBStore, paths: DataPaths, config: TrainingConfig):
     checkpoint run that this config, the current tokenizer and the current corpus determine."""
     tok_path, tok_sha = current_tokenizer(store)
     hashes = selectable_hashes(store)
-    run_id = make_producer_id("tiny_lm_steps", input_version=make_producer_id("input", hashes=hashes),
+    # The id names the documents by a digest of their JSON list, as recorded since these runs
+    # began: another digest would retrain every stored run. Training reads every text anyway.
+    run_id = make_producer_id("tiny_lm_steps", input_version=make_producer_id("input", hashes=hashes.to_pylist()),
                               config=config.model_dump(), seed=SEED, tokenizer=tok_sha,
                               fractions=list(paper.CHECKPOINT_FRACTIONS), code=checkpoint_lm.CODE_VERSION)
     return run_id, paths.dir("checkpoints", run_id.replace(":", "-")), tok_path, tok_sha, hashes

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pyarrow as pa
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import record_run, register_artifact
+from dselect_assets.assets.common import progress_log, record_run, register_artifact
 from dselect_assets.assets.plots import png_markdown
 from dselect_assets.assets.scoring import resource_key
 from dselect_assets.assets.selection import (
     DEFAULT_SAMPLERS,
     FULL_DATA_KEY,
     RATE_VALUES,
-    eval_hashes,
     parse_selection_key,
     sampler_dimension,
     selection_key,
@@ -31,6 +31,8 @@ from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.core.tiny_lm import GPTConfig
 from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, PerplexityLMResource
+from dselect_assets.store import selections as selection_store
+from dselect_assets.store import training as training_store
 
 # What the default run trains: the paper's headline comparison at 20%, every configuration
 # with several seeds so that a difference can be told from seed noise.
@@ -84,10 +86,10 @@ def training_key(context: dg.AssetExecutionContext) -> tuple[str, int]:
     return selection_key(keys["sampler"], float(rate)), int(seed)
 
 
-def selectable_hashes(store: DuckDBStore) -> list[str]:
+def selectable_hashes(store: DuckDBStore) -> pa.Array:
     """Every document a selection may keep (the eval sets held out), sorted by content hash."""
-    held_out = eval_hashes(store)
-    return sorted(r[0] for r in store.query("SELECT content_hash FROM contents") if r[0] not in held_out)
+    with store.connect(read_only=True) as con:
+        return selection_store.eligible_hashes(con)
 
 
 class TokenizerConfig(dg.Config):
@@ -146,21 +148,19 @@ def train_config_json(train_config: train.TrainConfig) -> str:
 
 def current_selection(store: DuckDBStore, key: str) -> tuple[str, str]:
     """The selection now recorded for a (sampler, rate): what a new checkpoint trains on."""
-    rows = store.query(
-        "SELECT selection_id, export_path FROM selections WHERE selection_key = ? ORDER BY created_at DESC LIMIT 1",
-        [key],
-    )
-    if not rows:
+    with store.connect(read_only=True) as con:
+        selection = training_store.current_selection(con, key)
+    if selection is None:
         raise dg.Failure(f"no selection for {key}; materialize selections[{key}] first")
-    return rows[0]
+    return selection
 
 
 def current_tokenizer(store: DuckDBStore) -> tuple[Path, str]:
-    rows = store.query(
-        "SELECT path, sha256 FROM artifacts WHERE kind = 'tokenizer' ORDER BY created_at DESC LIMIT 1")
-    if not rows or not Path(rows[0][0]).exists():
+    with store.connect(read_only=True) as con:
+        tokenizer = training_store.current_tokenizer(con)
+    if tokenizer is None or not Path(tokenizer[0]).exists():
         raise dg.Failure("no tokenizer; materialize lm_tokenizer_file first")
-    return Path(rows[0][0]), rows[0][1]
+    return Path(tokenizer[0]), tokenizer[1]
 
 
 @dg.asset(
@@ -192,19 +192,19 @@ def checkpoints(
         tokenizer=tok_sha, code=train.__name__ + "/1",
     )
     out_dir = paths.dir("checkpoints", checkpoint_id.replace(":", "-"))
-    result = train.train_lm(token_docs, train_config, out_dir, seed=seed, resume=True)
+    result = train.train_lm(token_docs, train_config, out_dir, seed=seed, resume=True,
+                            progress=progress_log(context, unit="steps"))
     losses = result.loss_history
     with store.transaction() as con:
         sha = register_artifact(con, Path(result.weights_path), "checkpoint", context.run.run_id, checkpoint_id, key)
-        con.execute(
-            "INSERT OR REPLACE INTO checkpoints (checkpoint_id, selection_id, selection_key, config_json, path,"
-            " sha256, steps, tokens_seen, first_loss, final_loss, seconds, run_id, created_at, seed,"
-            " tokenizer_path, tokenizer_sha256, epochs, documents)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?, ?)",
-            [checkpoint_id, selection_id, key, config_json, str(out_dir), sha,
-             result.steps, result.tokens_seen, losses[0], losses[-1], result.wall_seconds, context.run.run_id,
-             seed, str(tok_path), tok_sha, result.epochs, len(texts)],
-        )
+        training_store.insert_checkpoint(con, {
+            "checkpoint_id": checkpoint_id, "selection_id": selection_id, "selection_key": key,
+            "config_json": config_json, "path": str(out_dir), "sha256": sha, "steps": result.steps,
+            "tokens_seen": result.tokens_seen, "first_loss": losses[0], "final_loss": losses[-1],
+            "seconds": result.wall_seconds, "run_id": context.run.run_id, "seed": seed,
+            "tokenizer_path": str(tok_path), "tokenizer_sha256": tok_sha, "epochs": result.epochs,
+            "documents": len(texts),
+        })
         record_run(con, context, config.model_dump(), checkpoint_id,
                    outputs={"steps": result.steps, "final_loss": losses[-1], "epochs": result.epochs})
     return dg.MaterializeResult(
@@ -231,15 +231,11 @@ def checkpoints(
 
 def checkpoint_lineage(store: DuckDBStore, key: str, seed: int) -> tuple[str, str, Path, str]:
     """The newest checkpoint of (selection key, seed) with the export and tokenizer it was trained on."""
-    rows = store.query(
-        "SELECT c.checkpoint_id, c.path, c.tokenizer_path, s.export_path FROM checkpoints c"
-        " JOIN selections s USING (selection_id) WHERE c.selection_key = ? AND c.seed = ?"
-        " ORDER BY c.created_at DESC LIMIT 1",
-        [key, seed],
-    )
-    if not rows:
+    with store.connect(read_only=True) as con:
+        lineage = training_store.checkpoint_lineage(con, key, seed)
+    if lineage is None:
         raise dg.Failure(f"no checkpoint for {key} seed {seed}; materialize checkpoints[{training_partition(key, seed)}] first")
-    checkpoint_id, model_dir, tok_path, export_path = rows[0]
+    checkpoint_id, model_dir, tok_path, export_path = lineage
     return checkpoint_id, model_dir, Path(tok_path), export_path
 
 
@@ -275,7 +271,7 @@ def eval_metrics(context: dg.AssetExecutionContext, store: DuckDBStore, paths: D
         rows.append((checkpoint_id, eval_set, metrics["ppl"], metrics["mean_nll"], metrics["n_tokens"],
                      unigram["ppl"], context.run.run_id))
     with store.transaction() as con:
-        con.executemany("INSERT OR REPLACE INTO eval_metrics VALUES (?, ?, ?, ?, ?, ?, ?, now())", rows)
+        training_store.insert_eval_metrics(con, rows)
         record_run(con, context, {}, checkpoint_id, outputs={r[1]: r[2] for r in rows})
     return dg.MaterializeResult(
         metadata={
@@ -304,18 +300,8 @@ def comparison_report(
     older ones are listed as stale, never mixed in."""
     tok_path, tok_sha = current_tokenizer(store)
     config_json = train_config_json(config.train_config(lm_tokenizer.load_tokenizer(tok_path).get_vocab_size()))
-    rows = store.query(
-        "WITH current_selection AS (SELECT selection_key, arg_max(selection_id, created_at) AS selection_id"
-        "  FROM selections GROUP BY selection_key),"
-        " newest AS (SELECT selection_key, seed, arg_max(checkpoint_id, created_at) AS checkpoint_id"
-        "  FROM checkpoints GROUP BY selection_key, seed)"
-        " SELECT c.selection_key, c.seed, c.checkpoint_id, m.eval_set, m.perplexity, c.epochs, c.documents,"
-        "  c.selection_id = cs.selection_id AND c.config_json = ? AND c.tokenizer_sha256 = ? AS is_current,"
-        "  m.unigram_perplexity"
-        " FROM newest n JOIN checkpoints c USING (checkpoint_id) JOIN eval_metrics m USING (checkpoint_id)"
-        " LEFT JOIN current_selection cs ON cs.selection_key = c.selection_key ORDER BY 1, 2, 4",
-        [config_json, tok_sha],
-    )
+    with store.connect(read_only=True) as con:
+        rows = training_store.newest_evaluated_checkpoints(con, config_json, tok_sha)
     current = [r for r in rows if r[7]]
     if not current:
         raise dg.Failure("no evaluated checkpoint of the current selections and training config yet; "
@@ -358,15 +344,10 @@ def score_agreement(store: DuckDBStore, ask_llm_resource: str, perplexity_resour
     about 0); the producers are those the configured resources registered, never "the newest"."""
     from scipy.stats import kendalltau
 
-    rows = store.query(
-        "SELECT a.value, p.value FROM scores a JOIN scores p USING (content_hash)"
-        " WHERE a.producer_id = (SELECT producer_id FROM resource_producers WHERE resource = ?)"
-        "  AND p.producer_id = (SELECT producer_id FROM resource_producers WHERE resource = ?)"
-        "  AND a.value IS NOT NULL AND p.value IS NOT NULL",
-        [ask_llm_resource, perplexity_resource],
-    )
-    if len(rows) < 3:
+    with store.connect(read_only=True) as con:
+        ask_llm, nll = training_store.paired_scores(con, ask_llm_resource, perplexity_resource)
+    if len(ask_llm) < 3:
         return []
-    tau = kendalltau([a for a, _ in rows], [-p for _, p in rows]).statistic
-    return [f"Kendall tau between Ask-LLM P(yes) and LM likelihood (-perplexity) over {len(rows)} documents: "
+    tau = kendalltau(ask_llm, -nll).statistic
+    return [f"Kendall tau between Ask-LLM P(yes) and LM likelihood (-perplexity) over {len(ask_llm)} documents: "
             f"{tau:+.3f} (the paper finds about 0)."]

@@ -10,6 +10,7 @@ each stop's weights are kept as a model directory.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from tokenizers import Tokenizer
 from dselect_assets.core import train
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.lm_tokenizer import encode_documents, end_of_text_id
+from dselect_assets.core.progress import Progress
 from dselect_assets.core.tiny_lm import WEIGHTS_FILE, TinyGPT, load_model, save_model
 
 CODE_VERSION = "checkpoint_lm/1"
@@ -74,9 +76,11 @@ def train_with_checkpoints(
 
 @torch.inference_mode()
 def document_nll(model: TinyGPT, token_docs: Sequence[np.ndarray], start_token_id: int,
-                 batch_size: int = 64) -> np.ndarray:
+                 batch_size: int = 64, progress: Progress | None = None) -> np.ndarray:
     """Mean next-token NLL (nats) of each document, read from an end-of-text token and cut to
-    the model's context; NaN for a document with no token to predict."""
+    the model's context; NaN for a document with no token to predict. `progress(done, total,
+    elapsed)` is called after each batch (core/progress.py)."""
+    started = time.perf_counter()
     context = model.config.context_length
     device = next(model.parameters()).device
     out = np.full(len(token_docs), np.nan)
@@ -99,6 +103,8 @@ def document_nll(model: TinyGPT, token_docs: Sequence[np.ndarray], start_token_i
                               ignore_index=-100)
         counts = (targets != -100).sum(dim=1)
         out[batch] = (nll.sum(dim=1).cpu() / counts).numpy()
+        if progress is not None:
+            progress(min(first + batch_size, len(order)), len(order), time.perf_counter() - started)
     return out
 
 
@@ -125,5 +131,6 @@ class CheckpointPerplexityScorer:
             "code": CODE_VERSION,
         }
 
-    def score(self, texts: Sequence[str]) -> np.ndarray:
-        return document_nll(self.model, encode_documents(self.tokenizer, texts), end_of_text_id(self.tokenizer))
+    def score(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        return document_nll(self.model, encode_documents(self.tokenizer, texts), end_of_text_id(self.tokenizer),
+                            progress=progress)

@@ -4,7 +4,8 @@
 - `attributes`: per-(producer, shard) Parquet attribute files (scores, embeddings) and the
   queries over them, usable from an in-memory DuckDB connection that never opens the catalogue;
 - `catalogue`: producers, runs and artifacts, and the records workers leave beside their files
-  for the catalogue to take in.
+  for the catalogue to take in;
+- `training`: the selection and tokenizer a checkpoint trains on, checkpoints and eval metrics.
 """
 
 from dselect_assets.store.connection import (

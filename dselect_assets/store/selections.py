@@ -63,10 +63,6 @@ def eval_texts_in_corpus(con: duckdb.DuckDBPyConnection, name: str) -> int:
                        " WHERE e.eval_set = ?", [name]).fetchall()[0][0]
 
 
-def held_out_hashes(con: duckdb.DuckDBPyConnection) -> pa.Array:
-    return con.sql("SELECT DISTINCT content_hash FROM eval_documents").to_arrow_table()["content_hash"].combine_chunks()
-
-
 def held_out_count(con: duckdb.DuckDBPyConnection) -> int:
     return con.execute("SELECT count(DISTINCT content_hash) FROM eval_documents").fetchall()[0][0]
 

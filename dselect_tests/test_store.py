@@ -105,3 +105,21 @@ def test_a_held_lock_fails_after_the_bounded_wait_naming_the_file(tmp_path):
         holder.wait()
     with store.connect(db, lock_timeout_s=10) as con:  # released: the next writer gets in
         assert con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == len(store.migration_files())
+
+
+def test_records_another_writer_took_in_meanwhile_are_skipped_not_an_error(tmp_path):
+    from dselect_assets.store import catalogue
+
+    db, root = tmp_path / "s.duckdb", tmp_path / "attributes"
+    with store.connect(db):
+        pass
+    catalogue.leave_record(root, {"kind": "producer", "producer_id": "ask_llm:x", "producer_kind": "ask_llm",
+                                  "identity": {"model": "m"}, "resource_as": ""})
+    listed_before = catalogue.pending_records(root)
+    # Another writer takes the record in and deletes it, as two `dselect run` workers can.
+    with store.connect(db, attributes_dir=root):
+        pass
+    assert not catalogue.pending_records(root)
+    con = duckdb.connect(str(db))
+    catalogue.apply_records(con, listed_before)
+    assert con.execute("SELECT count(*) FROM producers WHERE producer_id = 'ask_llm:x'").fetchone() == (1,)

@@ -117,6 +117,10 @@ def apply_records(con: duckdb.DuckDBPyConnection, records: list[Path]) -> None:
     for path in records:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            # Another writer applied it, committed, then deleted it after this list was made;
+            # applying a record is idempotent, so skipping it loses nothing.
+            continue
         except (OSError, ValueError) as exc:
             raise RuntimeError(f"{path}: unreadable catalogue record ({exc}); delete it and re-materialize "
                                "the asset that wrote it") from exc

@@ -134,11 +134,12 @@ def _schema_is_current(database: str, lock_timeout_s: float) -> bool:
 
 def _take_in_records(database: str, attributes_dir: Path, lock_timeout_s: float) -> None:
     """Apply the records scoring workers left for the catalogue (see catalogue.py), then delete them."""
-    records = catalogue.pending_records(attributes_dir)
-    if not records:
+    if not catalogue.pending_records(attributes_dir):
         return
     con = _open(database, False, lock_timeout_s)
     try:
+        # Listed again under the write lock: a writer that held it meanwhile may have taken some in.
+        records = catalogue.pending_records(attributes_dir)
         con.execute("BEGIN TRANSACTION")
         try:
             catalogue.apply_records(con, records)

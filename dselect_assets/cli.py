@@ -95,6 +95,7 @@ def run_pipeline(stages: list[str] | None = None, workers: int = 1, profile: str
             "shards", [k for k in shard_keys if not instance.has_dynamic_partition("shards", k)]
         )
     context = multiprocessing.get_context("spawn")
+    run_started, run_cpu = time.monotonic(), 0.0
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
         for stage in plan.stages:
             if stages and stage.job_name not in stages:
@@ -111,10 +112,14 @@ def run_pipeline(stages: list[str] | None = None, workers: int = 1, profile: str
                 if not ok:
                     failed.append(label)
             wall = time.monotonic() - started
+            run_cpu += cpu
             print(f"dselect: stage {stage.job_name}: {len(keys)} partition(s) in {wall:.0f}s with {workers} "
                   f"worker(s), CPU {cpu:.0f}s = {cpu / max(wall, 1e-9):.2f} cores busy", flush=True)
             if failed:
                 sys.exit(f"dselect: {', '.join(failed)} failed; see the runs in the UI (dagster dev) for details")
+    wall = time.monotonic() - run_started
+    print(f"dselect: every stage: CPU {run_cpu:.0f}s over {wall:.0f}s = {run_cpu / max(wall, 1e-9):.2f} cores busy "
+          f"of {workers} worker(s)", flush=True)
 
 
 def add_export_parser(sub) -> None:

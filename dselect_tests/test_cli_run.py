@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def test_two_workers_score_two_shards_at_once(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "dselect: stage shard_job: 2 partition(s)" in out.stdout
     assert "shard_job[a.jsonl]: ok" in out.stdout and "shard_job[b.jsonl]: ok" in out.stdout
+    assert re.search(r"dselect: every stage: CPU \d+s over \d+s = \d+\.\d\d cores busy of 2 worker\(s\)", out.stdout)
 
     with dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:
         runs = instance.get_runs()

@@ -703,3 +703,18 @@ def test_without_the_variable_the_local_executor_is_unchanged(monkeypatch):
     monkeypatch.setenv("DSELECT_DEPLOYMENT", "ray")
     with pytest.raises(DeploymentConfigError, match="'ray'"):
         current_deployment()
+
+
+def test_every_asset_but_the_per_shard_scorers_writes_the_catalogue_in_its_pool():
+    from dselect_assets.assets import paper_scores, scoring, tiny_lm_scores
+    from dselect_assets.assets.common import CATALOGUE_POOL
+    from dselect_assets.definitions import defs
+
+    # The scorers write only their own attribute files (the Celery test above runs them with the
+    # DuckDB file out of reach), so a pool limit of 1 on the catalogue never holds them back.
+    scorers = [scoring.embeddings, scoring.ask_llm_scores, scoring.perplexity_scores,
+               *paper_scores.SCORE_ASSETS.values(), *tiny_lm_scores.SCORE_ASSETS.values()]
+    scorer_keys = {key for asset in scorers for key in asset.keys}
+    pools = {key: asset.op.pool for asset in defs.assets for key in asset.keys}
+    assert {key for key, pool in pools.items() if pool is None} == scorer_keys
+    assert {pool for key, pool in pools.items() if key not in scorer_keys} == {CATALOGUE_POOL}

@@ -17,6 +17,11 @@ from dselect_assets.store import catalogue
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
 
+# Every asset that writes the DuckDB catalogue runs in this pool. A deployment whose steps run in
+# several processes or pods sets its limit to 1 (deploy/README.md), so the catalogue has one
+# writer at a time; the per-shard scoring assets are outside it: they write only their own files.
+CATALOGUE_POOL = "dselect_catalogue"
+
 
 def eager_after_checks() -> dg.AutomationCondition:
     """eager(), held back while any upstream blocking check has failed.

@@ -9,6 +9,7 @@ import polars as pl
 import pydantic
 
 from dselect_assets.assets.common import (
+    CATALOGUE_POOL,
     markdown_table,
     record_run,
     register_artifact,
@@ -125,6 +126,7 @@ def retire_shard(store: DuckDBStore, shard: str, reason: str = RETIRED_FILE_DELE
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     partitions_def=shards,
     group_name="corpus",
     code_version=INGEST_VERSION,

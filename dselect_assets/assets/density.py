@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import eager_after_checks, record_run, register_artifact, shards
+from dselect_assets.assets.common import CATALOGUE_POOL, eager_after_checks, record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
 from dselect_assets.assets.scoring import load_model, register_producer
 from dselect_assets.assets.shard_reader import load_embeddings
@@ -131,6 +131,7 @@ def current_shard_sketch(
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     partitions_def=shards,
     deps=["embeddings"],
     group_name="coverage",
@@ -164,6 +165,7 @@ def density_sketch(
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     deps=["density_sketch"],
     group_name="coverage",
     code_version=COVERAGE_VERSION,
@@ -239,6 +241,7 @@ class ClusterConfig(dg.Config):
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     deps=["embeddings"],
     group_name="coverage",
     code_version=COVERAGE_VERSION,

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import markdown_table, record_run, register_artifact, shards
+from dselect_assets.assets.common import CATALOGUE_POOL, markdown_table, record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, summary
 from dselect_assets.assets.scoring import (
     load_model,
@@ -177,6 +177,7 @@ def find_probe(store: DuckDBStore, embedding_producer: str, wanted: str = "") ->
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     deps=[dg.AssetDep("embeddings", partition_mapping=dg.AllPartitionMapping()), "documents"],
     group_name="scores",
     code_version=distill.DISTILL_VERSION,
@@ -339,6 +340,7 @@ class DistilledScoresConfig(dg.Config):
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     partitions_def=shards,
     deps=["embeddings", "ask_llm_probe"],
     group_name="scores",

@@ -14,7 +14,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pydantic
 
-from dselect_assets.assets.common import markdown_table, record_run, register_artifact
+from dselect_assets.assets.common import CATALOGUE_POOL, markdown_table, record_run, register_artifact
 from dselect_assets.assets.selection import partition_selection_key, selection_partitions
 from dselect_assets.core.export import (
     DEFAULT_MAX_BYTES_PER_FILE,
@@ -98,6 +98,7 @@ def export_dir(config: ExportConfig, paths: DataPaths, key: str) -> Path:
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     partitions_def=selection_partitions,
     deps=["selections"],
     group_name="selection",

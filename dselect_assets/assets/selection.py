@@ -16,7 +16,14 @@ import polars as pl
 import pyarrow as pa
 
 from dselect_assets.assets import checks, distill, paper_scores
-from dselect_assets.assets.common import eager_after_checks, markdown_table, record_run, register_artifact, write_atomically
+from dselect_assets.assets.common import (
+    CATALOGUE_POOL,
+    eager_after_checks,
+    markdown_table,
+    record_run,
+    register_artifact,
+    write_atomically,
+)
 from dselect_assets.assets.scoring import resource_key
 from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, texts_for
 from dselect_assets.core import paper, report, samplers
@@ -140,6 +147,7 @@ def in_validation_split(hashes: pl.Series, fraction: float) -> pl.Series:
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     deps=["documents"],
     group_name="evaluation",
     code_version=SELECTION_VERSION,
@@ -309,6 +317,7 @@ def write_export(store: DuckDBStore, kept: pa.Array, producers: dict[str, str], 
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     partitions_def=selection_partitions,
     deps=[
         "density",

@@ -10,7 +10,7 @@ under paper.tiny_lm_resource(share) for the selections of that stand-in.
 import dagster as dg
 
 from dselect_assets.assets import checks, scoring
-from dselect_assets.assets.common import record_run, register_artifact, shards
+from dselect_assets.assets.common import CATALOGUE_POOL, record_run, register_artifact, shards
 from dselect_assets.assets.shard_reader import texts_for
 from dselect_assets.assets.training import TrainingConfig, current_tokenizer, selectable_hashes
 from dselect_assets.core import checkpoint_lm, lm_tokenizer, paper
@@ -35,6 +35,7 @@ def step_run(store: DuckDBStore, paths: DataPaths, config: TrainingConfig):
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     deps=["lm_tokenizer_file", "eval_sets"],
     group_name="paper_scores",
     code_version=checkpoint_lm.CODE_VERSION,

@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow as pa
 
 from dselect_assets.assets import checks
-from dselect_assets.assets.common import progress_log, record_run, register_artifact
+from dselect_assets.assets.common import CATALOGUE_POOL, progress_log, record_run, register_artifact
 from dselect_assets.assets.plots import png_markdown
 from dselect_assets.assets.scoring import resource_key
 from dselect_assets.assets.selection import (
@@ -97,6 +97,7 @@ class TokenizerConfig(dg.Config):
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     deps=["eval_sets"],
     group_name="training",
     code_version=TRAINING_VERSION,
@@ -164,6 +165,7 @@ def current_tokenizer(store: DuckDBStore) -> tuple[Path, str]:
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     partitions_def=training_partitions,
     ins={"selections": dg.AssetIn(partition_mapping=its_selection, dagster_type=dg.Nothing)},
     deps=["lm_tokenizer_file"],
@@ -240,6 +242,7 @@ def checkpoint_lineage(store: DuckDBStore, key: str, seed: int) -> tuple[str, st
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     partitions_def=training_partitions,
     deps=[dg.AssetDep("checkpoints", partition_mapping=dg.IdentityPartitionMapping())],
     group_name="training",
@@ -285,6 +288,7 @@ def eval_metrics(context: dg.AssetExecutionContext, store: DuckDBStore, paths: D
 
 
 @dg.asset(
+    pool=CATALOGUE_POOL,
     deps=["eval_metrics"],
     group_name="training",
     code_version=TRAINING_VERSION,

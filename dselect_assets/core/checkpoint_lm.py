@@ -10,7 +10,6 @@ each stop's weights are kept as a model directory.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from dselect_assets.core import train
+from dselect_assets.core.batching import map_padded
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.lm_tokenizer import encode_documents, end_of_text_id
 from dselect_assets.core.progress import Progress
@@ -74,38 +74,25 @@ def train_with_checkpoints(
     return dirs
 
 
-@torch.inference_mode()
 def document_nll(model: TinyGPT, token_docs: Sequence[np.ndarray], start_token_id: int,
                  batch_size: int = 64, progress: Progress | None = None) -> np.ndarray:
     """Mean next-token NLL (nats) of each document, read from an end-of-text token and cut to
     the model's context; NaN for a document with no token to predict. `progress(done, total,
     elapsed)` is called after each batch (core/progress.py)."""
-    started = time.perf_counter()
     context = model.config.context_length
     device = next(model.parameters()).device
-    out = np.full(len(token_docs), np.nan)
     rows = [np.concatenate([[start_token_id], np.asarray(d, dtype=np.int64).ravel()])[: context + 1]
             for d in token_docs]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths pad less
-    for first in range(0, len(order), batch_size):
-        batch = [i for i in order[first : first + batch_size] if len(rows[i]) > 1]
-        if not batch:
-            continue
-        width = max(len(rows[i]) for i in batch)
-        ids = torch.zeros((len(batch), width), dtype=torch.long)
-        targets = torch.full((len(batch), width - 1), -100, dtype=torch.long)
-        for j, i in enumerate(batch):
-            row = torch.from_numpy(rows[i])
-            ids[j, : len(row)] = row
-            targets[j, : len(row) - 1] = row[1:]
+    # A row with only the start token has nothing to predict: empty, so its result stays NaN.
+    seqs = [row if len(row) > 1 else row[:0] for row in rows]
+
+    def mean_nll(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         logits, _ = model(ids[:, :-1].to(device))
-        nll = F.cross_entropy(logits.float().transpose(1, 2), targets.to(device), reduction="none",
-                              ignore_index=-100)
-        counts = (targets != -100).sum(dim=1)
-        out[batch] = (nll.sum(dim=1).cpu() / counts).numpy()
-        if progress is not None:
-            progress(min(first + batch_size, len(order)), len(order), time.perf_counter() - started)
-    return out
+        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100).to(device)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none", ignore_index=-100)
+        return nll.sum(dim=1).cpu() / mask[:, 1:].sum(dim=1)
+
+    return map_padded(seqs, mean_nll, batch_size=batch_size, pad_id=0, progress=progress)
 
 
 @dataclass(frozen=True)

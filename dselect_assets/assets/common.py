@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
+from dselect_assets.core.markdown import markdown_table as core_markdown_table
 from dselect_assets.core.progress import Progress, format_progress, throttled
 from dselect_assets.store import catalogue
 
@@ -100,13 +101,10 @@ def write_atomically(path: Path, write):
         tmp.unlink(missing_ok=True)
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], limit: int = 50) -> str:
-    """A markdown table for asset metadata; long tables are cut with a count of what was left out."""
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
+# Asset metadata tables stay readable in the UI: longer ones are cut.
+METADATA_TABLE_ROWS = 50
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows[:limit]]
-    if len(rows) > limit:
-        lines.append(f"\n… and {len(rows) - limit} more rows")
-    return "\n".join(lines)
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], limit: int = METADATA_TABLE_ROWS) -> str:
+    """A markdown table for asset metadata; long tables are cut with a count of what was left out."""
+    return core_markdown_table(header, rows, limit)

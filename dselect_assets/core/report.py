@@ -33,6 +33,7 @@ import polars as pl
 from scipy import stats
 
 from dselect_assets.core import paper
+from dselect_assets.core.markdown import markdown_table
 
 FULL_SAMPLER = "full"
 RANDOM_SAMPLER = "random"
@@ -151,15 +152,6 @@ def _fmt(value: float | None, fmt: str) -> str:
 def _with_ci(value: float | None, ci: float | None, fmt: str) -> str:
     text = _fmt(value, fmt)
     return text if ci is None or text == "n/a" else f"{text} ± {format(ci, fmt.lstrip('+'))}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _sampler_order(samplers: list[str]) -> list[str]:

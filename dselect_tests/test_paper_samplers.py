@@ -113,7 +113,8 @@ def _training_keys(plan):
 def test_default_plan_trains_the_headline_samplers_at_20_percent_with_3_seeds():
     plan = definitions.default_plan()
     assert plan.skipped == []
-    assert _selection_keys(plan) == set(definitions.DEFAULT_SELECTION_KEYS)
+    assert _selection_keys(plan) == {selection.selection_key(s, 0.2) for s in selection.DEFAULT_SAMPLERS} | {
+        selection.FULL_DATA_KEY}
     trained = {"random", "density", "ask_llm_topk", "perplexity_filter", "ask_llm_density", "ask_llm_distilled"}
     expected = [str(training.training_partition(k, s)) for k in
                 [selection.selection_key(t, 0.2) for t in trained] + [selection.FULL_DATA_KEY] for s in "012"]

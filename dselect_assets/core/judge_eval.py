@@ -7,7 +7,7 @@ throughput. The CLI measures every judge configuration (SmolLM2-135M and, when
 and without its chat template, at each document length) and writes
 data/reports/judge_report.{json,md}:
 
-    python -m dselect_assets.core.judge_eval --probe data/eval/judge_probe.jsonl [--limit N] [--doc-tokens 128,256,512] [--configs NAME,...]
+    python -m dselect_assets.core.judge_eval --probe data/eval/judge_probe.jsonl [--limit N] [--doc-tokens 128,192,256,512] [--configs NAME,...]
 """
 
 from __future__ import annotations
@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--probe", default="data/eval/judge_probe.jsonl")
     parser.add_argument("--limit", type=int, default=None, help="class-balanced subset size")
-    parser.add_argument("--doc-tokens", default="128,256,512", help="comma-separated document lengths to measure")
+    parser.add_argument("--doc-tokens", default="128,192,256,512", help="comma-separated document lengths to measure")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--configs", default="", help="comma-separated names (default: all available)")
     parser.add_argument("--extras", action="store_true", help="also the few-shot / plain-prompt / Gemma variants")

@@ -265,6 +265,19 @@ def test_kernel_with_words_carries_a_judge_that_reads_words():
     assert got > 0.5 and abs(base) < 0.2, (got, base)
 
 
+def test_kernel_candidates_stop_above_kernel_max_train():
+    rng = np.random.default_rng(7)
+    x = unit_rows(rng, 80, 8)
+    scores = sigmoid(np.stack([x @ rng.normal(size=8)] * 2, axis=1) * 4)
+    capped = core.fit_probe(x, scores, core.FitConfig(kernel_max_train=50, mlp_epochs=20, **EMB_ONLY))
+    assert not any(c.startswith("kernel") for c in capped.meta["cv_spearman"])
+    assert capped.kind != "kernel" and "80 training rows" in capped.meta["kernel_skipped"]
+    full = core.fit_probe(x, scores, core.FitConfig(mlp_epochs=20, **EMB_ONLY))
+    assert any(c.startswith("kernel") for c in full.meta["cv_spearman"]) and "kernel_skipped" not in full.meta
+    with pytest.raises(core.DistillError, match="no candidate model"):
+        core.fit_probe(x, scores, core.FitConfig(model="kernel", kernel_max_train=50, **EMB_ONLY))
+
+
 def test_a_version_1_probe_file_still_predicts_from_the_text(tmp_path):
     """Probes saved before the text statistics read the length only; they load and predict from texts."""
     w = np.zeros((5, 2), dtype=np.float32)

@@ -78,6 +78,7 @@ class ProbeConfig(dg.Config):
     kernel_gammas: list[float] = [0.5, 1.0, 2.0]
     kernel_alphas: list[float] = [0.3, 1.0]
     bow_weights: list[float] = [0.0, 1.0]
+    kernel_max_train: int = 5000  # more training rows than this: no kernel candidates (n^2 memory, n^3 time)
     min_train_documents: int = 20
     # The judge column the headline agreement and ROC-AUC are measured on: the one selections
     # rank by (SelectionConfig.ask_llm_value); the other column is reported beside it.
@@ -96,7 +97,7 @@ class ProbeConfig(dg.Config):
             mlp_epochs=self.mlp_epochs, cv_folds=self.cv_folds, seed=self.seed, min_train=self.min_train_documents,
             length_feature=self.length_feature, text_statistics=self.text_statistics,
             kernel_gammas=tuple(self.kernel_gammas), kernel_alphas=tuple(self.kernel_alphas),
-            bow_weights=tuple(self.bow_weights),
+            bow_weights=tuple(self.bow_weights), kernel_max_train=self.kernel_max_train,
         )
 
 

@@ -10,6 +10,14 @@ vs the probe's prediction from stored embeddings (embedding time is reported bes
 the pipeline pays it anyway for density and SemDeDup).
 
     python benchmarks/bench_distilled.py [--sample 1000] [--scores-cache /tmp/judged.json]
+    python benchmarks/bench_distilled.py --store data [--sample 3000]
+
+--store DIR reads a finished pipeline's data directory instead (its catalogue, documents, the
+judge's scores and the embeddings: no model is run), draws the sample exactly as the asset does
+(shard and length strata of the catalogue's contents), and prints held-out Spearman and Kendall
+and both labelled-probe ROC-AUCs for the version-1 fit (embedding + log length, ridge or MLP)
+and the current default fit side by side, with the probe's prediction time per 1,000 documents
+(text features included).
 
 Corpus: DSELECT_CORPUS_DIR, else $DSELECT_HOME/corpus (the default corpus is built there
 when empty); labelled probe: --probe, else $DSELECT_HOME/eval/judge_probe.jsonl.
@@ -64,11 +72,19 @@ def main() -> None:
     parser.add_argument("--column", default="value", choices=distill.TARGETS,
                         help="the judge column selections rank by (SelectionConfig.ask_llm_value)")
     parser.add_argument("--probe-limit", type=int, default=None, help="class-balanced subset of the labelled probe")
-    parser.add_argument("--no-length", action="store_true", help="embedding only, no log-length feature")
+    parser.add_argument("--no-length", action="store_true", help="embedding only: no log length, text "
+                        "statistics or words")
     parser.add_argument("--probe", default="", help="labelled probe JSONL (id,text,source,label)")
+    parser.add_argument("--store", default="", help="a dselect data directory to read judge scores and "
+                        "embeddings from (compares the version-1 fit with the current default; no model is run)")
+    parser.add_argument("--judge-producer", default="", help="with --store: which ask_llm producer (default: the only one)")
+    parser.add_argument("--embedding-producer", default="", help="with --store: which embedding producer")
     parser.add_argument("--scores-cache", default="", help="JSON file keeping judge scores and embeddings "
                         "between runs (keyed by the judge's and embedder's producer ids); timings need a cold run")
     args = parser.parse_args()
+    if args.store:
+        compare_on_store(args)
+        return
 
     paths = DataPaths()
     corpus = paths.corpus
@@ -127,32 +143,34 @@ def main() -> None:
         if cache_path:
             cache_path.write_text(json.dumps(cache))
 
-    def arrays(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def arrays(rows) -> tuple[np.ndarray, np.ndarray, list[str]]:
         got = [cache["docs"][hashes[i]] for i in rows]
         return (np.array([v for _, v in got], dtype=np.float32).reshape(len(rows), -1),
-                np.array([s for s, _ in got], dtype=np.float64).reshape(len(rows), 2),
-                distill.text_lengths([texts[i] for i in rows]))
+                np.array([s for s, _ in got], dtype=np.float64).reshape(len(rows), 2), [texts[i] for i in rows])
 
-    x_train, y_train, n_train = arrays(train)
-    x_held, y_held, n_held = arrays(heldout)
-    x_lab, y_lab, n_lab = arrays(lab_rows)
+    x_train, y_train, t_train = arrays(train)
+    x_held, y_held, t_held = arrays(heldout)
+    x_lab, y_lab, t_lab = arrays(lab_rows)
     start = time.perf_counter()
-    fit_config = distill.FitConfig(model=args.model, seed=args.seed, length_feature=not args.no_length)
-    probe = distill.fit_probe(x_train, y_train, fit_config, n_train)
+    fit_config = distill.FitConfig(model=args.model, seed=args.seed,
+                                   **(EMBEDDING_ONLY_FIT if args.no_length else {}))
+    probe = distill.fit_probe(x_train, y_train, fit_config, t_train)
     fit_s = time.perf_counter() - start
     col = distill.TARGETS.index(args.column)
     other = distill.TARGETS[1 - col]
-    agree = distill.agreement(probe.predict(x_held, n_held), y_held, col)
+    agree = distill.agreement(probe.predict(x_held, t_held), y_held, col)
     judge_auc = roc_auc(y_lab[:, col], lab_labels)
-    probe_auc = roc_auc(probe.predict(x_lab, n_lab)[:, col], lab_labels)
+    probe_auc = roc_auc(probe.predict(x_lab, t_lab)[:, col], lab_labels)
     judge_auc_other = roc_auc(y_lab[:, 1 - col], lab_labels)
-    probe_auc_other = roc_auc(probe.predict(x_lab, n_lab)[:, 1 - col], lab_labels)
+    probe_auc_other = roc_auc(probe.predict(x_lab, t_lab)[:, 1 - col], lab_labels)
 
-    # Steady-state probe throughput: the embedded documents tiled to 100k rows, best of 5.
-    reps = 100_000 // len(sample) + 1
-    tiled = np.tile(np.vstack([x_train, x_held]), (reps, 1))[:100_000]
-    tiled_n = np.tile(np.concatenate([n_train, n_held]), reps)[:100_000]
-    best = min(_timed(lambda: probe.predict(tiled, tiled_n)) for _ in range(5))
+    # Steady-state probe throughput (text features included): the embedded documents tiled to
+    # 20k rows, predicted in the distilled asset's chunks of 4,096, best of 3.
+    reps = 20_000 // len(sample) + 1
+    tiled = np.tile(np.vstack([x_train, x_held]), (reps, 1))[:20_000]
+    tiled_t = ((t_train + t_held) * reps)[:20_000]
+    best = min(_timed(lambda: [probe.predict(tiled[c:c + 4096], tiled_t[c:c + 4096])
+                               for c in range(0, tiled.shape[0], 4096)]) for _ in range(3))
     probe_dps = tiled.shape[0] / best
 
     print(f"probe model: {probe.meta['chosen']} (cross-validated Spearman on the training part: "
@@ -177,7 +195,7 @@ def main() -> None:
     print(f"heldout_kendall: {agree[f'kendall_{args.column}']:.3f}")
     print(f"heldout_spearman_{other}: {agree[f'spearman_{other}']:.3f}")
     print(f"heldout_kendall_{other}: {agree[f'kendall_{other}']:.3f}")
-    pred_held = probe.predict(x_held, n_held)[:, col]
+    pred_held = probe.predict(x_held, t_held)[:, col]
     for rate in (0.2, 0.6):
         print(f"heldout_top{round(rate * 100)}pct_overlap: {distill.topk_overlap(pred_held, y_held[:, col], rate):.3f}")
     print(f"labelled_probe_documents: {len(lab_rows)}")
@@ -189,6 +207,111 @@ def main() -> None:
     print(f"goal_speedup_100x: {'met' if probe_dps / judge_dps >= 100 else 'NOT met'}")
     print(f"goal_spearman_0.8: {'met' if agree[f'spearman_{args.column}'] >= 0.8 else 'NOT met'}")
     print(f"goal_auc_within_0.03: {'met' if judge_auc - probe_auc <= 0.03 else 'NOT met'}")
+
+
+# The fit of DISTILL_VERSION 1: the embedding and its log length, ridge (each alpha) or the MLP.
+VERSION_1_FIT = {"text_statistics": False, "kernel_gammas": (), "bow_weights": ()}
+EMBEDDING_ONLY_FIT = {"length_feature": False, "text_statistics": False, "bow_weights": (0.0,)}
+
+
+def compare_on_store(args) -> None:
+    import polars as pl
+
+    from dselect_assets.assets.scoring import shard_values
+    from dselect_assets.assets.shard_reader import load_embeddings, texts_for
+    from dselect_assets.resources import DuckDBStore
+    from dselect_assets.store import attributes, coverage
+
+    root = Path(args.store)
+    store = DuckDBStore(database=str(root / "dselect.duckdb"), attributes_dir=str(root / "attributes"))
+
+    def only(kind: str, wanted: str) -> str:
+        found = [p for p in attributes.producers_on_disk(store.attributes) if attributes.kind_of(p) == kind]
+        if wanted:
+            return wanted
+        if len(found) != 1:
+            raise SystemExit(f"{len(found)} {kind} producers in {store.attributes} ({', '.join(found)}): "
+                             f"name one with --{kind.replace('_llm', '').replace('ask', 'judge')}-producer")
+        return found[0]
+
+    judge_producer, embedding_producer = only("ask_llm", args.judge_producer), only("embedding", args.embedding_producer)
+    with store.connect(read_only=True) as con:
+        corpus = pl.from_arrow(coverage.contents_columns(con))
+    hashes = corpus["content_hash"].to_list()
+    strata = distill.length_strata(corpus["shard"].to_list(), corpus["n_chars"].to_list())
+    sample = [hashes[i] for i in distill.stratified_sample(hashes, strata, args.sample, args.seed)]
+    held = distill.heldout_mask(sample, args.heldout_fraction, args.seed)
+    train = [h for h, out in zip(sample, held) if not out]
+    heldout = [h for h, out in zip(sample, held) if out]
+    probe_file = Path(args.probe) if args.probe else root / "eval" / "judge_probe.jsonl"
+    labelled = load_probe(probe_file, limit=args.probe_limit, seed=args.seed)
+    in_corpus, in_train, lab, lab_labels = set(hashes), set(train), [], []
+    for text, label in zip(labelled.texts, labelled.labels):
+        h = content_hash(text)
+        if h in in_corpus and h not in in_train and h not in lab:
+            lab.append(h)
+            lab_labels.append(label)
+
+    def rows(group):
+        judged = np.column_stack([shard_values(store, judge_producer, pl.Series(group, dtype=pl.String), c)
+                                  for c in distill.TARGETS])
+        return (load_embeddings(store, embedding_producer, group), judged,
+                texts_for(store, group)["text"].fill_null("").to_list())
+
+    (x_train, y_train, t_train), (x_held, y_held, t_held), (x_lab, y_lab, t_lab) = map(rows, (train, heldout, lab))
+    col = distill.TARGETS.index(args.column)
+    other = distill.TARGETS[1 - col]
+    judged = np.isfinite(y_held).all(axis=1).sum()
+    print(f"store: {root}; judge {judge_producer}, embedder {embedding_producer}; corpus {len(hashes)}, sample "
+          f"{len(sample)} (train {len(train)}, held-out {len(heldout)}, {judged} of them judged); labelled probe "
+          f"{len(lab)} documents outside the training part", flush=True)
+    if np.isfinite(y_train).all(axis=1).sum() < len(train) // 2:
+        raise SystemExit("the judge has not scored most of the sample: materialize ask_llm_probe (or "
+                         "ask_llm_scores for every shard) in this store first")
+    results = {}
+    for name, extra in (("version 1 (embedding + log length)", VERSION_1_FIT), ("current default", {})):
+        config = distill.FitConfig(model=args.model, seed=args.seed, **extra)
+        start = time.perf_counter()
+        probe = distill.fit_probe(x_train, y_train, config, t_train)
+        fit_s = time.perf_counter() - start
+        agree = distill.agreement(probe.predict(x_held, t_held), y_held, col)
+        p_lab = probe.predict(x_lab, t_lab)
+        x_all, t_all = np.vstack([x_train, x_held]), t_train + t_held
+        predict_s = min(_timed(lambda: probe.predict(x_all, t_all)) for _ in range(3))
+        results[name] = {
+            "chosen": probe.meta["chosen"], "fit_s": round(fit_s, 1),
+            "heldout_spearman": agree[f"spearman_{args.column}"], "heldout_kendall": agree[f"kendall_{args.column}"],
+            f"heldout_spearman_{other}": agree[f"spearman_{other}"],
+            "heldout_top20_overlap": agree["top20_overlap"],
+            "roc_auc": roc_auc(p_lab[:, col], lab_labels),
+            f"roc_auc_{other}": roc_auc(p_lab[:, 1 - col], lab_labels),
+            "probe_seconds_per_1000_docs": 1000 * predict_s / x_all.shape[0],
+        }
+        print(f"{name}: {probe.meta['chosen']} (CV on the training part: {json.dumps(probe.meta['cv_spearman'])})",
+              flush=True)
+    judge = {"roc_auc": roc_auc(y_lab[:, col], lab_labels), f"roc_auc_{other}": roc_auc(y_lab[:, 1 - col], lab_labels)}
+    # The judge is not run here: its time is the one the last ask_llm_probe in this store measured.
+    timed = [distill.Probe.load(f).meta.get("metrics", {}) for f in sorted((root / "probes").glob("*.npz"),
+                                                                          key=lambda f: f.stat().st_mtime)]
+    judge_s = next((m["judge_seconds_per_1000_docs"] for m in reversed(timed) if m.get("judge_seconds_per_1000_docs")),
+                   None)
+    if judge_s:
+        judge["probe_seconds_per_1000_docs"] = float(judge_s)
+        for n in results:
+            results[n]["speedup_vs_judge"] = judge_s / results[n]["probe_seconds_per_1000_docs"]
+    names = list(results)
+    print(f"\nranked column: {args.column}")
+    print(f"| | {' | '.join(names)} | judge |")
+    print(f"|---|{'---|' * (len(names) + 1)}")
+    for key in results[names[0]]:
+        cells = [results[n][key] for n in names] + [judge.get(key, "")]
+        print(f"| {key} | " + " | ".join(f"{c:.4g}" if isinstance(c, float) else str(c) for c in cells) + " |")
+    new = results[names[-1]]
+    print(f"goal_spearman_0.8: {'met' if new['heldout_spearman'] >= 0.8 else 'NOT met'}")
+    print(f"goal_auc_within_0.03: {'met' if judge['roc_auc'] - new['roc_auc'] <= 0.03 else 'NOT met'}")
+    if judge_s:
+        print(f"goal_speedup_100x: {'met' if new['speedup_vs_judge'] >= 100 else 'NOT met'} (judge timed by the "
+              "store's last ask_llm_probe; seconds per 1,000 documents in the judge column)")
 
 
 def _timed(fn) -> float:

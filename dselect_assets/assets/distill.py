@@ -66,12 +66,19 @@ class ProbeConfig(dg.Config):
     sample_size: int = 3000  # documents the judge scores; a corpus this small is judged whole
     seed: int = 0
     heldout_fraction: float = 0.25  # of the sample, never fit on: the agreement is measured there
-    model: str = "auto"  # auto: the best of ridge (each alpha) and the MLP by cross-validation
+    model: str = "auto"  # auto: the best of ridge (each alpha), the MLP and kernel ridge by cross-validation
     ridge_alphas: list[float] = [0.01, 0.1, 1.0, 10.0, 100.0]
     mlp_hidden: int = 256
     mlp_epochs: int = 300
     cv_folds: int = 5
     length_feature: bool = True  # log(characters) beside the embedding (see core.distill.FitConfig)
+    text_statistics: bool = True  # character/word statistics of the text beside it (core.distill.TEXT_STATISTICS)
+    # Kernel ridge candidates: RBF width over the design rows, ridge penalty, weight of the
+    # hashed word/word-pair tf-idf kernel (0: no words). Empty gammas: no kernel candidates.
+    kernel_gammas: list[float] = [0.5, 1.0, 2.0]
+    kernel_alphas: list[float] = [0.3, 1.0]
+    bow_weights: list[float] = [0.0, 1.0]
+    kernel_max_train: int = 5000  # more training rows than this: no kernel candidates (n^2 memory, n^3 time)
     min_train_documents: int = 20
     # The judge column the headline agreement and ROC-AUC are measured on: the one selections
     # rank by (SelectionConfig.ask_llm_value); the other column is reported beside it.
@@ -88,7 +95,9 @@ class ProbeConfig(dg.Config):
         return distill.FitConfig(
             model=self.model, ridge_alphas=tuple(self.ridge_alphas), mlp_hidden=self.mlp_hidden,
             mlp_epochs=self.mlp_epochs, cv_folds=self.cv_folds, seed=self.seed, min_train=self.min_train_documents,
-            length_feature=self.length_feature,
+            length_feature=self.length_feature, text_statistics=self.text_statistics,
+            kernel_gammas=tuple(self.kernel_gammas), kernel_alphas=tuple(self.kernel_alphas),
+            bow_weights=tuple(self.bow_weights), kernel_max_train=self.kernel_max_train,
         )
 
 
@@ -145,8 +154,8 @@ def _labelled_documents(path: Path, corpus: set[str], exclude: set[str], log) ->
     return hashes, labels
 
 
-def _lengths(store: DuckDBStore, hashes: list[str]) -> np.ndarray:
-    return distill.text_lengths(texts_for(store, hashes)["text"].fill_null("").to_list())
+def _texts(store: DuckDBStore, hashes: list[str]) -> list[str]:
+    return texts_for(store, hashes)["text"].fill_null("").to_list()
 
 
 def _best_seconds(fn, repeats: int = 5) -> float:
@@ -186,9 +195,9 @@ def find_probe(store: DuckDBStore, embedding_producer: str, wanted: str = "") ->
                                    description="held-out Spearman with the judge and labelled-probe ROC-AUC "
                                    "within the configured margins")],
     description="Ask-LLM at embedding cost: the judge scores a seeded sample stratified by shard and length, "
-    "a probe (ridge or one-hidden-layer MLP, chosen by cross-validation) learns the judge's logit P(yes) from "
-    "the embeddings; agreement with the judge on held-out documents, ROC-AUC on the labelled probe and the "
-    "cost of each are reported.",
+    "a probe (ridge, one-hidden-layer MLP or kernel ridge, chosen by cross-validation) learns the judge's logit "
+    "P(yes) from the embeddings and the length, character/word statistics and words of the text; agreement "
+    "with the judge on held-out documents, ROC-AUC on the labelled probe and the cost of each are reported.",
 )
 def ask_llm_probe(
     context: dg.AssetExecutionContext,
@@ -226,21 +235,21 @@ def ask_llm_probe(
     judged_now, judge_seconds = _score_with_judge(context, store, scorer, judge_producer, needed, config.chunk_size)
 
     try:
-        (x_train, n_train), (x_held, n_held), (x_lab, n_lab) = (
-            (load_embeddings(store, embedding_producer, group), _lengths(store, group))
+        (x_train, t_train), (x_held, t_held), (x_lab, t_lab) = (
+            (load_embeddings(store, embedding_producer, group), _texts(store, group))
             for group in (train, heldout, labelled)
         )
     except MissingUpstream as exc:
         raise dg.Failure(f"ask_llm_probe: {exc}") from exc
     y_train, y_held = _judge_rows(store, judge_producer, train), _judge_rows(store, judge_producer, heldout)
     try:
-        probe = distill.fit_probe(x_train, y_train, config.fit_config(), n_train)
+        probe = distill.fit_probe(x_train, y_train, config.fit_config(), t_train)
     except distill.DistillError as exc:
         raise dg.Failure(f"ask_llm_probe: {exc}") from exc
 
-    held_agree = distill.agreement(probe.predict(x_held, n_held), y_held, col) if heldout else {"documents": 0}
+    held_agree = distill.agreement(probe.predict(x_held, t_held), y_held, col) if heldout else {"documents": 0}
     y_lab = _judge_rows(store, judge_producer, labelled)
-    p_lab = probe.predict(x_lab, n_lab) if labelled else np.empty((0, 2))
+    p_lab = probe.predict(x_lab, t_lab) if labelled else np.empty((0, 2))
     judge_auc, probe_auc, judge_auc_other, probe_auc_other = (
         roc_auc(values[:, j], labels) if labelled else float("nan")
         for j in (col, 1 - col) for values in (y_lab, p_lab)
@@ -253,8 +262,9 @@ def ask_llm_probe(
         judge_seconds, judged_timed = _best_seconds(lambda: scorer.score(texts), repeats=1), len(texts)
     else:
         judged_timed = judged_now
-    x_all, n_all = (np.vstack([x_train, x_held]), np.concatenate([n_train, n_held])) if heldout else (x_train, n_train)
-    probe_seconds = _best_seconds(lambda: probe.predict(x_all, n_all))
+    # The probe's time includes what it reads from the text (length, statistics, words).
+    x_all, t_all = (np.vstack([x_train, x_held]), t_train + t_held) if heldout else (x_train, t_train)
+    probe_seconds = _best_seconds(lambda: probe.predict(x_all, t_all))
     judge_s_per_k = 1000 * judge_seconds / judged_timed if judged_timed else float("nan")
     probe_s_per_k = 1000 * probe_seconds / max(x_all.shape[0], 1)
 
@@ -370,8 +380,7 @@ def ask_llm_distilled_scores(
 
     def commit(chunk: pl.DataFrame, _progress: Progress) -> None:
         hashes = chunk["content_hash"].to_list()
-        lengths = distill.text_lengths(chunk["text"].to_list())
-        values = probe.predict(load_embeddings(store, embedding_producer, hashes), lengths)
+        values = probe.predict(load_embeddings(store, embedding_producer, hashes), chunk["text"].to_list())
         attributes.write_chunk(store.attributes, producer, shard,
                                attributes.score_table(producer, hashes, values[:, 0], values[:, 1]))
 

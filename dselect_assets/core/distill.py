@@ -1,11 +1,13 @@
 """Ask-LLM at embedding cost: distil the judge into a small model over sentence embeddings.
 
 The judge scores a seeded, stratified sample of the corpus; a probe (ridge
-regression or a one-hidden-layer MLP) is fit on the sample's embeddings to
-predict the judge's logit P(yes) and logit P(yes)/(P(yes)+P(no)), and then
-scores every document from its embedding alone. This module has no Dagster
-and no SQL: sample selection, the fit (with model choice by cross-validation
-on the training part only), prediction, persistence and the agreement metrics.
+regression, a one-hidden-layer MLP or kernel ridge) is fit on the sample's
+embeddings, plus the log length and cheap statistics and hashed words of each
+text, to predict the judge's logit P(yes) and logit P(yes)/(P(yes)+P(no)), and
+then scores every document from its embedding and text, with no judge. This
+module has no Dagster and no SQL: sample selection, the document features, the
+fit (with model choice by cross-validation on the training part only),
+prediction, persistence and the agreement metrics.
 
 Why logits: P(yes) of a small judge is squeezed near 0 or 1 for many documents,
 and a linear model of the probability would spend its capacity on that
@@ -17,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +32,7 @@ from scipy.stats import kendalltau, spearmanr
 from dselect_assets.core.hashing import normalize_text, producer_id
 
 # Bump when the sample rule, the fit or the prediction changes the scores.
-DISTILL_VERSION = "1"
+DISTILL_VERSION = "2"
 TARGETS = ("value", "value_norm")  # the judge's two columns in the scores table
 _EPS = 1e-6
 
@@ -110,12 +114,132 @@ def probe_producer_id(judge: str, embedder: str, train_hashes: Sequence[str], he
                        sample=sample, fit=fit)
 
 
+# --------------------------------------------------------------------------- document features
+#
+# What the probe reads beside the embedding. Every one is a function of the normalized text (so
+# of the content hash): the fit and every later prediction see the same values for a document.
+
+_WORD = re.compile(r"\w+")
+_URL = re.compile(r"https?://|www\.", re.IGNORECASE)
+_MARKUP = re.compile(r"<[A-Za-z/!][^>]{0,80}>|&[A-Za-z]+;|&#\d+;")
+_SENTENCE_END = re.compile(r"[.!?]+(?:\s|$)")
+_STOPWORDS = frozenset(
+    "the of and to a in is that it for was on as with be by this are at from or his her an not have but they "
+    "which you he she we i had has were their been one all would there what so if can".split()
+)
+# Character classes of the code points below 128, and one class (index 128) for all the others.
+_UPPER, _LOWER, _DIGIT, _SPACE, _PUNCT, _NON_ASCII = range(1, 7)
+_CLASS = np.zeros(129, dtype=np.int64)
+for _c in range(128):
+    _ch = chr(_c)
+    _CLASS[_c] = (_UPPER if _ch.isupper() else _LOWER if _ch.islower() else _DIGIT if _ch.isdigit()
+                  else _SPACE if _ch.isspace() else _PUNCT if _ch.isprintable() else 0)
+_CLASS[128] = _NON_ASCII
+
+# Character and word statistics of the normalized text. On the default corpus (3,000 judged,
+# 750 held out; benchmarks/bench_distilled.py --store) ridge on them alone ranks the judge with a
+# held-out Spearman of 0.59 (the embedding and length alone: 0.64); in the kernel beside the
+# embedding and length they add about 0.02, as the words do, and 0.025 together.
+TEXT_STATISTICS = (
+    "log_words", "frac_upper", "upper_of_letters", "frac_letters", "frac_digits", "frac_spaces",
+    "frac_punctuation", "frac_non_ascii", "mean_word_length", "type_token_ratio_100", "top_word_share",
+    "stopword_share", "log_urls", "log_markup", "log_words_per_sentence", "all_caps_word_share",
+    "short_word_share", "long_word_share", "capitalized_word_share", "frac_colons", "frac_quotes",
+    "frac_brackets", "frac_commas", "frac_periods", "ends_with_punctuation",
+)
+
+
+def _statistics(t: str) -> list[float]:
+    n = max(len(t), 1)
+    classes = np.bincount(_CLASS[np.minimum(np.frombuffer(t.encode("utf-32-le"), dtype=np.uint32), 128)],
+                          minlength=7)
+    words = _WORD.findall(t)
+    nw = max(len(words), 1)
+    lower = [w.lower() for w in words]
+    counts: dict[str, int] = {}
+    for w in lower:
+        counts[w] = counts.get(w, 0) + 1
+    head = lower[:100]  # a type-token ratio over a fixed number of words does not just track length
+    letters = classes[_UPPER] + classes[_LOWER]
+    return [
+        math.log1p(len(words)),
+        classes[_UPPER] / n,
+        classes[_UPPER] / max(letters, 1),
+        letters / n,
+        classes[_DIGIT] / n,
+        classes[_SPACE] / n,
+        classes[_PUNCT] / n,
+        classes[_NON_ASCII] / n,
+        sum(map(len, words)) / nw,
+        len(set(head)) / max(len(head), 1),
+        max(counts.values(), default=0) / nw,
+        sum(w in _STOPWORDS for w in lower) / nw,
+        math.log1p(len(_URL.findall(t))),
+        math.log1p(len(_MARKUP.findall(t))),
+        math.log1p(len(words) / max(len(_SENTENCE_END.findall(t)), 1)),
+        sum(len(w) > 1 and w.isupper() for w in words) / nw,
+        sum(len(w) <= 2 for w in words) / nw,
+        sum(len(w) > 12 for w in words) / nw,
+        sum(w[:1].isupper() for w in words) / nw,
+        t.count(":") / n,
+        (t.count('"') + t.count("'")) / n,
+        (t.count("(") + t.count(")") + t.count("[") + t.count("]")) / n,
+        t.count(",") / n,
+        t.count(".") / n,
+        float(t[-1:] != "" and t[-1] in ".!?\"'"),
+    ]
+
+
+def text_statistics(texts: Sequence[str]) -> np.ndarray:
+    """float64 [n, len(TEXT_STATISTICS)]: the statistics of each normalized text."""
+    out = np.array([_statistics(normalize_text(t)) for t in texts], dtype=np.float64)
+    return out.reshape(len(texts), len(TEXT_STATISTICS))
+
+
+def text_lengths(texts: Sequence[str]) -> np.ndarray:
+    """Characters of each normalized text: a function of the content hash, so the fit and
+    every later prediction see the same value for the same document."""
+    return np.array([len(normalize_text(t)) for t in texts], dtype=np.float64)
+
+
+def hashed_bag_of_words(texts: Sequence[str], dim: int, max_chars: int = 2000):
+    """scipy CSR [n, dim]: 1 + log(count) of each lower-cased word and word pair of the first
+    `max_chars` normalized characters, hashed with CRC-32 (stable across processes, unlike
+    Python's salted `hash`). The judge reads 256 tokens, about 1,000 characters; caps of 1,000,
+    2,000 and none measured the same on the default corpus, and the cap bounds the cost of a
+    very long document."""
+    import scipy.sparse as sp
+
+    indptr, indices, values = [0], [], []
+    for t in texts:
+        words = _WORD.findall(normalize_text(t)[:max_chars].lower())
+        counts: dict[int, int] = {}
+        for g in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
+            h = zlib.crc32(g.encode("utf-8")) % dim
+            counts[h] = counts.get(h, 0) + 1
+        keys = sorted(counts)
+        indices += keys
+        values += [1.0 + math.log(counts[k]) for k in keys]
+        indptr.append(len(indices))
+    return sp.csr_matrix((np.asarray(values, dtype=np.float64), np.asarray(indices, dtype=np.int64),
+                          np.asarray(indptr, dtype=np.int64)), shape=(len(texts), dim))
+
+
+def _tfidf(counts, idf: np.ndarray):
+    """Rows scaled by the idf and then to unit length (a row with no words stays zero)."""
+    import scipy.sparse as sp
+
+    weighted = counts @ sp.diags(idf)
+    norms = np.sqrt(np.asarray(weighted.multiply(weighted).sum(axis=1)).ravel())
+    return sp.diags(1.0 / np.maximum(norms, 1e-12)) @ weighted
+
+
 # --------------------------------------------------------------------------- fit
 
 
 @dataclass
 class FitConfig:
-    model: str = "auto"  # auto (choose by cross-validation) | ridge | mlp
+    model: str = "auto"  # auto (choose by cross-validation) | ridge | mlp | kernel
     ridge_alphas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
     mlp_hidden: int = 256
     mlp_epochs: int = 300
@@ -127,18 +251,42 @@ class FitConfig:
     # log(characters) beside the embedding: a small judge's P(yes) depends on length, which a
     # mean-pooled, normalized embedding hides (held-out Spearman 0.53 -> 0.68 on the default corpus).
     length_feature: bool = True
+    # TEXT_STATISTICS beside the embedding, standardized on the training rows and scaled so that
+    # the block weighs about like a fraction of the unit-norm embedding in distances and penalties.
+    text_statistics: bool = True
+    statistics_scale: float = 0.1
+    # Kernel ridge: an RBF kernel on the design rows (embedding, length, statistics) plus, weighted,
+    # a linear kernel on hashed word/word-pair tf-idf of the text; every (gamma, weight, alpha) is
+    # a candidate of the cross-validation. A bag-of-words weight of 0 leaves the words out.
+    kernel_gammas: tuple[float, ...] = (0.5, 1.0, 2.0)
+    kernel_alphas: tuple[float, ...] = (0.3, 1.0)
+    bow_weights: tuple[float, ...] = (0.0, 1.0)
+    bow_dim: int = 1 << 18
+    # Kernel ridge holds n x n matrices and solves them (n^3): above this many training rows the
+    # kernel candidates are skipped (and the fit says so in meta["kernel_skipped"]).
+    kernel_max_train: int = 5000
 
     def identity(self) -> dict[str, Any]:
         out = asdict(self)
-        out["ridge_alphas"] = [float(a) for a in self.ridge_alphas]
+        for name in ("ridge_alphas", "kernel_gammas", "kernel_alphas", "bow_weights"):
+            out[name] = [float(a) for a in getattr(self, name)]
         return out
+
+
+def _side_columns(meta: dict[str, Any]) -> int:
+    return int(bool(meta.get("length_feature", False))) + (
+        len(TEXT_STATISTICS) if meta.get("text_statistics", False) else 0)
 
 
 @dataclass
 class Probe:
-    """A fitted probe: logits = f(embedding) for each target, predictions = sigmoid(logits)."""
+    """A fitted probe: logits = f(embedding, text) for each target, predictions = sigmoid(logits).
 
-    kind: str  # ridge | mlp
+    Probes fitted with the length feature or the text statistics read each document's text
+    beside its embedding (`texts`, one per row); a probe of version 1 read only its length.
+    """
+
+    kind: str  # ridge | mlp | kernel
     params: dict[str, np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -147,27 +295,43 @@ class Probe:
         return bool(self.meta.get("length_feature", False))
 
     @property
-    def dim(self) -> int:
-        """Embedding dimension (without the length column)."""
-        return int(self.params["W" if self.kind == "ridge" else "W1"].shape[0]) - int(self.uses_length)
+    def uses_text(self) -> bool:
+        return self.uses_length or bool(self.meta.get("text_statistics", False)) or "bow_w" in self.params
 
-    def predict_logits(self, x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+    @property
+    def dim(self) -> int:
+        """Embedding dimension (without the length and statistics columns)."""
+        first = {"ridge": "W", "mlp": "W1", "kernel": "X_fit"}[self.kind]
+        rows = self.params[first].shape[1 if self.kind == "kernel" else 0]
+        return int(rows) - _side_columns(self.meta)
+
+    def design(self, x: np.ndarray, texts: Sequence[str] | None) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise DistillError(f"the probe takes [n, {self.dim}] embeddings, got {list(x.shape)}")
-        if self.uses_length:
-            if lengths is None or len(lengths) != x.shape[0]:
-                raise DistillError("this probe also reads each document's length: pass one length per row")
-            x = design(x, lengths)
+        if not self.uses_text:
+            return x
+        if texts is None or len(texts) != x.shape[0]:
+            raise DistillError("this probe also reads each document's text (its length, statistics or words): "
+                               "pass one text per row")
+        return design(x, texts, self.meta, self.params)
+
+    def predict_logits(self, x: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+        z = self.design(x, texts)
         p = self.params
         if self.kind == "ridge":
-            return x @ p["W"] + p["b"]
-        hidden = np.maximum(x @ p["W1"] + p["b1"], 0.0)
+            return z @ p["W"] + p["b"]
+        if self.kind == "kernel":
+            out = _rbf(z, p["X_fit"], float(p["gamma"])) @ p["coef"] + p["b"]
+            if "bow_w" in p:
+                out += _tfidf(hashed_bag_of_words(texts, p["bow_w"].shape[0]), p["bow_idf"]) @ p["bow_w"]
+            return out
+        hidden = np.maximum(z @ p["W1"] + p["b1"], 0.0)
         return (hidden @ p["W2"] + p["b2"]) * p["y_std"] + p["y_mean"]
 
-    def predict(self, x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, x: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
         """float64 [n, len(TARGETS)]: predicted P(yes) and normalized P(yes)."""
-        return 1.0 / (1.0 + np.exp(-self.predict_logits(x, lengths).astype(np.float64)))
+        return 1.0 / (1.0 + np.exp(-self.predict_logits(x, texts).astype(np.float64)))
 
     def save(self, path: Path) -> None:
         path = Path(path)
@@ -184,16 +348,21 @@ class Probe:
             return cls(str(data["_kind"]), params, json.loads(str(data["_meta"])))
 
 
-def text_lengths(texts: Sequence[str]) -> np.ndarray:
-    """Characters of each normalized text: a function of the content hash, so the fit and
-    every later prediction see the same value for the same document."""
-    return np.array([len(normalize_text(t)) for t in texts], dtype=np.float64)
+def length_column(lengths: np.ndarray) -> np.ndarray:
+    """Centred, scaled log length (the scale of a unit-norm embedding's coordinates, roughly)."""
+    return (np.log1p(np.asarray(lengths, dtype=np.float64)) - 6.0) / 2.0
 
 
-def design(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The embedding with a centred, scaled log-length column appended (float32)."""
-    column = (np.log1p(np.asarray(lengths, dtype=np.float64)) - 6.0) / 2.0
-    return np.hstack([np.asarray(x, dtype=np.float32), column[:, None].astype(np.float32)])
+def design(x: np.ndarray, texts: Sequence[str], meta: dict[str, Any], params: dict[str, np.ndarray]) -> np.ndarray:
+    """The embedding with the probe's side columns appended (float32): the log-length column,
+    then the text statistics standardized with the training rows' mean and deviation."""
+    columns = [np.asarray(x, dtype=np.float32)]
+    if meta.get("length_feature", False):
+        columns.append(length_column(text_lengths(texts))[:, None].astype(np.float32))
+    if meta.get("text_statistics", False):
+        z = (text_statistics(texts) - params["stat_mean"]) / params["stat_std"] * float(params["stat_scale"])
+        columns.append(z.astype(np.float32))
+    return np.hstack(columns)
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -261,6 +430,47 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, config: FitConfig) -> Probe:
     return Probe("mlp", params, {"hidden": h, "epochs": config.mlp_epochs, "final_train_mse": float(loss.detach())})
 
 
+def _rbf(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.exp(-gamma * np.maximum(sq, 0.0))
+
+
+def _kernel_solve(k: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Dual coefficients and intercept of kernel ridge (the intercept is the mean, unpenalised)."""
+    from scipy.linalg import solve
+
+    y_mean = y.mean(0)
+    coef = solve(k + alpha * np.eye(k.shape[0]), y - y_mean, assume_a="pos")
+    return coef, y_mean
+
+
+def _kernel_candidates(config: FitConfig, with_words: bool) -> list[tuple[float, float, float]]:
+    weights = [w for w in config.bow_weights if with_words or w == 0.0] or [0.0]
+    return [(g, w, a) for g in config.kernel_gammas for w in weights for a in config.kernel_alphas]
+
+
+def _kernel_name(gamma: float, weight: float, alpha: float) -> str:
+    return f"kernel(gamma={gamma:g},bow={weight:g},alpha={alpha:g})"
+
+
+def fit_kernel(z: np.ndarray, y: np.ndarray, words, idf: np.ndarray | None, gamma: float, weight: float,
+               alpha: float) -> Probe:
+    """Kernel ridge on the design rows `z` (RBF) plus `weight` x the linear kernel of the tf-idf rows
+    `words`; the word part is kept in primal form (one weight per hashed word), so a prediction
+    needs the training design rows but not their words."""
+    k = _rbf(z, z, gamma)
+    if weight > 0:
+        k += weight * (words @ words.T).toarray()
+    coef, b = _kernel_solve(k, y, alpha)
+    params = {"X_fit": np.asarray(z, dtype=np.float32), "coef": coef.astype(np.float32),
+              "b": b.astype(np.float32), "gamma": np.array(gamma, dtype=np.float64)}
+    if weight > 0:
+        params["bow_w"] = np.asarray(weight * (words.T @ coef), dtype=np.float32)
+        params["bow_idf"] = idf.astype(np.float32)
+    return Probe("kernel", params, {"gamma": gamma, "bow_weight": weight, "alpha": alpha})
+
+
 def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
     order = np.random.Generator(np.random.PCG64(seed)).permutation(n)
     return [order[i::k] for i in range(k)]
@@ -270,55 +480,104 @@ def _mean_spearman(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([spearman(pred[:, j], truth[:, j]) for j in range(truth.shape[1])]))
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, config: FitConfig) -> dict[str, float]:
-    """Mean out-of-fold Spearman (over both targets) of every candidate, on the training part only."""
-    candidates = [f"ridge(alpha={a:g})" for a in config.ridge_alphas] if config.model in ("auto", "ridge") else []
-    if config.model in ("auto", "mlp"):
+MODELS = ("auto", "ridge", "mlp", "kernel")
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, config: FitConfig, words=None) -> dict[str, float]:
+    """Mean out-of-fold Spearman (over both targets) of every candidate, on the training part only.
+
+    `words`: the training rows' tf-idf (for the kernel candidates with a bag-of-words weight). Its
+    idf is computed over the whole training part, test folds included: that uses their words but
+    never their labels.
+    """
+    if config.model not in MODELS:
+        raise DistillError(f"unknown probe model {config.model!r}; use {', '.join(MODELS)}")
+    use = {m: config.model in ("auto", m) for m in MODELS[1:]}
+    candidates = [f"ridge(alpha={a:g})" for a in config.ridge_alphas] if use["ridge"] else []
+    if use["mlp"]:
         candidates.append(f"mlp(hidden={config.mlp_hidden})")
+    kernels = _kernel_candidates(config, words is not None) \
+        if use["kernel"] and x.shape[0] <= config.kernel_max_train else []
+    candidates += [_kernel_name(*c) for c in kernels]
     if not candidates:
-        raise DistillError(f"unknown probe model {config.model!r}; use auto, ridge or mlp")
+        raise DistillError(f"no candidate model to fit: model={config.model!r} with no ridge alphas, kernel gammas "
+                           f"or alphas, or more than kernel_max_train={config.kernel_max_train} training rows")
     k = max(2, min(config.cv_folds, x.shape[0] // 5))
+    folds = _folds(x.shape[0], k, config.seed)
     oof = {c: np.empty_like(y) for c in candidates}
-    for test in _folds(x.shape[0], k, config.seed):
+    for test in folds:
         train = np.setdiff1d(np.arange(x.shape[0]), test)
-        if config.model in ("auto", "ridge"):
+        if use["ridge"]:
             for a, probe in zip(config.ridge_alphas, _ridge_path(x[train], y[train], config.ridge_alphas)):
                 oof[f"ridge(alpha={a:g})"][test] = probe.predict_logits(x[test])
-        if config.model in ("auto", "mlp"):
+        if use["mlp"]:
             oof[f"mlp(hidden={config.mlp_hidden})"][test] = fit_mlp(x[train], y[train], config).predict_logits(x[test])
+    # One n x n RBF matrix at a time (beside the word kernel), sliced for every fold.
+    word_kernel = (words @ words.T).toarray() if kernels and words is not None else None
+    for gamma in dict.fromkeys(c[0] for c in kernels):
+        rbf = _rbf(x, x, gamma)
+        for weight in dict.fromkeys(c[1] for c in kernels if c[0] == gamma):
+            kk = rbf + weight * word_kernel if weight > 0 else rbf
+            for test in folds:
+                train = np.setdiff1d(np.arange(x.shape[0]), test)
+                for alpha in config.kernel_alphas:
+                    coef, b = _kernel_solve(kk[np.ix_(train, train)], y[train], alpha)
+                    oof[_kernel_name(gamma, weight, alpha)][test] = kk[np.ix_(test, train)] @ coef + b
     return {c: _mean_spearman(pred, y) for c, pred in oof.items()}
 
 
 def fit_probe(x: np.ndarray, judge_scores: np.ndarray, config: FitConfig,
-              lengths: np.ndarray | None = None) -> Probe:
-    """Fit on embeddings `x` [n, d] and the judge's (P(yes), normalized P(yes)) [n, 2];
-    `lengths` (characters per document, see `text_lengths`) when config.length_feature.
+              texts: Sequence[str] | None = None) -> Probe:
+    """Fit on embeddings `x` [n, d] and the judge's (P(yes), normalized P(yes)) [n, 2]; `texts`
+    (one per row) when the config reads the text (length, statistics or words).
 
-    Rows where the judge could not score are dropped. The model (ridge alpha, or the
-    MLP) is the one with the best cross-validated Spearman on these rows; the caller
-    keeps its held-out documents out of `x` so they stay unseen until measured.
+    Rows where the judge could not score are dropped. The model (ridge alpha, the MLP, or a
+    kernel's gamma, word weight and alpha) is the one with the best cross-validated Spearman on
+    these rows; the caller keeps its held-out documents out of `x` so they stay unseen until measured.
     """
     x = np.asarray(x, dtype=np.float32)
     scores = np.asarray(judge_scores, dtype=np.float64)
     if x.ndim != 2 or scores.ndim != 2 or x.shape[0] != scores.shape[0]:
         raise DistillError(f"embeddings {list(x.shape)} and judge scores {list(scores.shape)} do not match")
-    if config.length_feature:
-        if lengths is None or len(lengths) != x.shape[0]:
-            raise DistillError("length_feature is on: pass one document length per embedding row")
-        x = design(x, lengths)
+    words_wanted = config.model in ("auto", "kernel") and any(w > 0 for w in config.bow_weights) and config.bow_dim > 0
+    reads_text = config.length_feature or config.text_statistics or words_wanted
+    if reads_text and (texts is None or len(texts) != x.shape[0]):
+        raise DistillError("the fit config reads each document's text (length_feature, text_statistics or "
+                           "bow_weights): pass one text per embedding row")
     keep = np.isfinite(scores).all(axis=1)
     x, y = x[keep], logit(scores[keep])
+    texts = [t for t, k in zip(texts, keep) if k] if texts is not None else None
     check_labels(y, config.min_train)
-    cv = cross_validate(x, y, config)
+    meta: dict[str, Any] = {"length_feature": config.length_feature, "text_statistics": config.text_statistics}
+    side: dict[str, np.ndarray] = {}
+    if config.text_statistics:
+        stats = text_statistics(texts)
+        side = {"stat_mean": stats.mean(0), "stat_std": np.maximum(stats.std(0), 1e-9),
+                "stat_scale": np.array(config.statistics_scale, dtype=np.float64)}
+    z = design(x, texts, meta, side) if reads_text else x
+    words = idf = None
+    if words_wanted:
+        counts = hashed_bag_of_words(texts, config.bow_dim)
+        df = np.bincount(counts.indices, minlength=config.bow_dim)
+        idf = np.log((1.0 + counts.shape[0]) / (1.0 + df)) + 1.0
+        words = _tfidf(counts, idf)
+    cv = cross_validate(z, y, config, words)
     best = max(cv, key=lambda c: (cv[c], -list(cv).index(c)))  # first of equals: the simpler model
     if best.startswith("ridge"):
-        probe = fit_ridge(x, y, config.ridge_alphas[list(cv).index(best)])
+        probe = fit_ridge(z, y, config.ridge_alphas[list(cv).index(best)])
+    elif best.startswith("mlp"):
+        probe = fit_mlp(z, y, config)
     else:
-        probe = fit_mlp(x, y, config)
+        gamma, weight, alpha = next(c for c in _kernel_candidates(config, words is not None)
+                                    if _kernel_name(*c) == best)
+        probe = fit_kernel(z, y, words, idf, gamma, weight, alpha)
+    probe.params.update(side)
+    probe.meta.update(meta)
+    if config.model in ("auto", "kernel") and z.shape[0] > config.kernel_max_train:
+        probe.meta["kernel_skipped"] = f"{z.shape[0]} training rows > kernel_max_train={config.kernel_max_train}"
     probe.meta.update({"chosen": best, "cv_spearman": {c: round(v, 4) for c, v in cv.items()},
                        "train_documents": int(x.shape[0]), "dropped_unscorable": int((~keep).sum()),
-                       "targets": list(TARGETS), "fit": config.identity(), "version": DISTILL_VERSION,
-                       "length_feature": config.length_feature})
+                       "targets": list(TARGETS), "fit": config.identity(), "version": DISTILL_VERSION})
     return probe
 
 

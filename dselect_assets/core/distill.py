@@ -205,7 +205,7 @@ def text_lengths(texts: Sequence[str]) -> np.ndarray:
 def hashed_bag_of_words(texts: Sequence[str], dim: int, max_chars: int = 2000):
     """scipy CSR [n, dim]: 1 + log(count) of each lower-cased word and word pair of the first
     `max_chars` normalized characters, hashed with CRC-32 (stable across processes, unlike
-    Python's salted `hash`). The judge reads 256 tokens, about 1,000 characters; caps of 1,000,
+    Python's salted `hash`). The judge reads 192-256 tokens, about 800-1,000 characters; caps of 1,000,
     2,000 and none measured the same on the default corpus, and the cap bounds the cost of a
     very long document."""
     import scipy.sparse as sp

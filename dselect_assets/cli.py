@@ -10,7 +10,9 @@ the same home shows them, with their metadata, in the UI.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -63,6 +65,28 @@ def _worker_init() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+@contextlib.contextmanager
+def worker_pool(workers: int):
+    """A pool of `workers` spawned processes (one core each) that go down with the CLI: on
+    SIGTERM (a scheduler or `kill` stopping the run) the workers are terminated before the CLI
+    exits, as Ctrl-C already does by signalling the whole process group."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    def terminate(signum, frame):
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
+            yield pool
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _cpu_seconds() -> float:
     import resource
 
@@ -77,9 +101,6 @@ def run_pipeline(stages: list[str] | None = None, workers: int = 1, profile: str
     DuckDB writes from the workers never collide: each is one short transaction retried while
     another process holds the file (dselect_assets/store/connection.py).
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     import dagster as dg
 
     from dselect_assets.assets.corpus import list_shards
@@ -94,9 +115,8 @@ def run_pipeline(stages: list[str] | None = None, workers: int = 1, profile: str
         instance.add_dynamic_partitions(
             "shards", [k for k in shard_keys if not instance.has_dynamic_partition("shards", k)]
         )
-    context = multiprocessing.get_context("spawn")
     run_started, run_cpu = time.monotonic(), 0.0
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+    with worker_pool(workers) as pool:
         for stage in plan.stages:
             if stages and stage.job_name not in stages:
                 continue

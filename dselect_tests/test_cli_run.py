@@ -42,3 +42,23 @@ def test_two_workers_score_two_shards_at_once(tmp_path):
     store = DuckDBStore(database=str(home / "dselect.duckdb"))
     kinds = dict(store.query("SELECT p.kind, count(*) FROM scores s JOIN producers p USING (producer_id) GROUP BY 1"))
     assert kinds == {"ask_llm": 12, "perplexity": 12}
+
+
+def test_sigterm_stops_the_workers_with_the_cli(tmp_path):
+    script = (
+        "import os, time\n"
+        "from dselect_assets.cli import worker_pool\n"
+        "with worker_pool(1) as pool:\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 600).result()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    worker = int(proc.stdout.readline())
+    proc.terminate()
+    assert proc.wait(timeout=60) == 128 + 15
+    for _ in range(600):  # the worker is reaped by the time the CLI exits; allow a slow box
+        if not Path(f"/proc/{worker}").exists():
+            break
+        subprocess.run(["sleep", "0.1"])
+    assert not Path(f"/proc/{worker}").exists(), "a worker outlived the CLI"

@@ -22,7 +22,6 @@ from dselect_assets.core.race_sketch import (
     RaceSketch,
     SketchFileError,
     SketchMismatchError,
-    sketch_density,
 )
 
 DIM = 384
@@ -104,11 +103,6 @@ def test_exact_sums_match_direct_float64_sums(corpus):
     # kernel's slope there makes that the only visible difference
     np.testing.assert_allclose(race, race_kernel(dist, 1.3, 7).sum(axis=1), rtol=2e-3)
     np.testing.assert_allclose(gauss, gaussian_kernel(dist, 0.5).sum(axis=1), rtol=2e-3)
-
-
-def test_sketch_density_is_both_passes(corpus):
-    sketch = RaceSketch.empty(DIM, rows=64, seed=2).add(corpus[:500])
-    np.testing.assert_array_equal(sketch_density(corpus[:500], rows=64, seed=2), sketch.query(corpus[:500]))
 
 
 # --------------------------------------------------------------- merging

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dselect_assets.core import samplers
 from dselect_assets.core.clustering import default_k, kmeans
 from dselect_assets.core.race_sketch import RaceSketch
 from dselect_assets.core.samplers import (
@@ -151,8 +150,6 @@ def test_bad_inputs_are_rejected_with_the_row():
         SamplerInputs(n=20, density=np.ones(19))
     with pytest.raises(ValueError, match="row 4 is 0"):
         SAMPLERS["density"](SamplerInputs(n=20, density=np.r_[np.ones(4), 0.0, np.ones(15)]), 0.5, 0)
-    with pytest.raises(ValueError, match="unknown sampler"):
-        samplers.select("best", SamplerInputs(n=20), 0.5, 0)
 
 
 # ----------------------------------------------------------- rankings

@@ -236,13 +236,6 @@ class RaceSketch:
             raise ValueError(f"embeddings must be floating point, got dtype {emb.dtype}")
         return emb
 
-    def bucket_indices(self, emb: np.ndarray) -> np.ndarray:
-        """h_r(x) for every row r and embedding x: int64 [rows, n] in [0, buckets) (a new array)."""
-        emb = self._check_batch(emb)
-        with self._blas_limit():
-            parts = [self._hash_chunk(chunk).astype(np.int64) for _, chunk in self._chunks(emb)]
-        return np.concatenate(parts, axis=1) if parts else np.zeros((self.rows, 0), dtype=np.int64)
-
     def _hash_chunk(self, chunk: np.ndarray) -> np.ndarray:
         """Buckets of one chunk, [rows, len(chunk)] in [0, B) (uint32 or int64), in a reused buffer.
 
@@ -528,19 +521,3 @@ class RaceSketch:
             )
         return sketch
 
-
-def sketch_density(
-    emb: np.ndarray,
-    *,
-    rows: int = DEFAULT_ROWS,
-    buckets: int = DEFAULT_BUCKETS,
-    bandwidth: float = DEFAULT_BANDWIDTH,
-    hashes_per_row: int = DEFAULT_HASHES_PER_ROW,
-    pool: int | None = DEFAULT_POOL,
-    seed: int = DEFAULT_SEED,
-    embedder_id: str = "",
-) -> np.ndarray:
-    """Both passes over one in-memory corpus: each point's density score."""
-    sketch = RaceSketch.empty(emb.shape[1], rows, buckets, bandwidth, seed, embedder_id, hashes_per_row, pool)
-    sketch.add(emb)
-    return sketch.query(emb)

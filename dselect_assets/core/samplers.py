@@ -315,11 +315,3 @@ for _stand_in in paper.STAND_INS:
     SAMPLERS.setdefault(_stand_in.name, SAMPLERS[_stand_in.rule])
     REQUIRED_INPUTS.setdefault(_stand_in.name, REQUIRED_INPUTS[_stand_in.rule])
 
-
-def select(name: str, inputs: SamplerInputs, rate: float, seed: int) -> np.ndarray:
-    """Run the registered sampler `name`."""
-    try:
-        sampler = SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(sorted(SAMPLERS))}") from None
-    return sampler(inputs, rate, seed)

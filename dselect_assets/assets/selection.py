@@ -383,7 +383,7 @@ def selections(
             "seed": config.seed, "config": config.model_dump(), "producers": producers,
             "input_version": input_version, "n_considered": len(hashes), "n_kept": len(kept),
             "export_path": str(out_file), "export_sha256": export_sha, "run_id": context.run.run_id,
-        }, kept)
+        })
         register_artifact(con, out_file, "selection_export", context.run.run_id, selection_id, key, len(kept), export_sha)
         record_run(con, context, config.model_dump(), selection_id, outputs={"kept": len(kept), "considered": len(hashes)})
 

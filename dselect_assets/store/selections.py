@@ -1,6 +1,7 @@
 """What a selection reads from the catalogue and what it records: eligible documents, clusters,
-ids, members. Documents are passed as Arrow string arrays of content hashes, never Python lists;
-results come back aligned with them (row i for hash i)."""
+ids, the selection row (its members are the content hashes of its export). Documents are passed
+as Arrow string arrays of content hashes, never Python lists; results come back aligned with them
+(row i for hash i)."""
 
 from __future__ import annotations
 
@@ -97,12 +98,11 @@ def doc_ids(con: duckdb.DuckDBPyConnection, hex_hashes) -> pa.Array:
     ).to_arrow_table()["doc_id"].combine_chunks()
 
 
-def record_selection(con: duckdb.DuckDBPyConnection, row: dict, kept: pa.Array) -> None:
-    """Replace the selection's row and members (inside the caller's transaction)."""
-    con.execute("DELETE FROM selection_members WHERE selection_id = ?", [row["selection_id"]])
-    con.register("_kept", pa.table({"content_hash": kept}))
-    con.execute("INSERT INTO selection_members SELECT ?, content_hash FROM _kept", [row["selection_id"]])
-    con.unregister("_kept")
+def record_selection(con: duckdb.DuckDBPyConnection, row: dict) -> None:
+    """Replace the selection's row (inside the caller's transaction). Its members are the
+    content_hash column of its export (`export_path`), one Parquet file per selection: a table of
+    (selection, hash) rows with a primary key held every selection of a 10M-document corpus in
+    the catalogue and its index in memory."""
     con.execute(
         "INSERT OR REPLACE INTO selections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
         [row["selection_id"], row["selection_key"], row["sampler"], row["rate"], row["seed"],
@@ -112,11 +112,20 @@ def record_selection(con: duckdb.DuckDBPyConnection, row: dict, kept: pa.Array) 
     )
 
 
+def members_file(con: duckdb.DuckDBPyConnection, selection_id: str) -> Path:
+    """The Parquet file whose `content_hash` column lists the selection's members."""
+    rows = con.execute("SELECT export_path FROM selections WHERE selection_id = ?", [selection_id]).fetchall()
+    if not rows:
+        raise KeyError(f"no selection {selection_id!r} is recorded")
+    return Path(rows[0][0])
+
+
 def eval_leaks(con: duckdb.DuckDBPyConnection, selection_id: str) -> int:
     """How many members of the selection an evaluation set holds."""
     return con.execute(
-        "SELECT count(*) FROM selection_members m JOIN eval_documents e USING (content_hash)"
-        " WHERE m.selection_id = ?", [selection_id],
+        "SELECT count(*) FROM read_parquet(?) m WHERE EXISTS"
+        " (SELECT 1 FROM eval_documents e WHERE e.content_hash = m.content_hash)",
+        [str(members_file(con, selection_id))],
     ).fetchall()[0][0]
 
 

@@ -5,6 +5,7 @@ import polars as pl
 
 from dselect_assets.assets import checks
 from dselect_assets.resources import DuckDBStore
+from dselect_assets.store import selections as selection_store
 
 
 def test_score_range():
@@ -60,7 +61,13 @@ def test_no_eval_leak(tmp_path):
     store = DuckDBStore(database=str(tmp_path / "x.duckdb"))
     with store.transaction() as con:
         con.execute("INSERT INTO eval_documents VALUES ('in_distribution', 'h1', 'd1')")
-        con.execute("INSERT INTO selection_members VALUES ('clean', 'h2'), ('leaky', 'h2'), ('leaky', 'h1')")
+        for selection_id, members in (("clean", ["h2"]), ("leaky", ["h1", "h2"])):
+            export = tmp_path / f"{selection_id}.parquet"
+            pl.DataFrame({"id": members, "content_hash": members, "text": members}).write_parquet(export)
+            selection_store.record_selection(con, {
+                "selection_id": selection_id, "selection_key": "random@0.20", "sampler": "random", "rate": 0.2,
+                "seed": 0, "config": {}, "producers": {}, "input_version": "input:x", "n_considered": 3,
+                "n_kept": len(members), "export_path": str(export), "export_sha256": "x", "run_id": "r"})
     assert checks.no_eval_leak(store, "clean").passed
     result = checks.no_eval_leak(store, "leaky")
     assert not result.passed and result.metadata["leaked_documents"].value == 1

@@ -169,3 +169,16 @@ def test_a_changed_export_file_fails_verification(tmp_path):
     (tmp_path / "out" / manifest["files"][0]["path"]).write_bytes(gz(b'{"id": "a", "text": "beta"}\n'))
     with pytest.raises(ExportError, match="sha256 differs from the manifest"):
         list(read_export(tmp_path / "out"))
+
+
+def test_the_selection_export_is_assembled_the_same_from_shards_a_range_at_a_time(
+        selected, resources, instance, monkeypatch):
+    from dselect_assets.store import selections as selection_store
+
+    whole = selection_frame(resources)
+    # ranges of 7 rows: each draws from both shards' parts, the last one short
+    monkeypatch.setattr(selection_store, "EXPORT_RANGE_ROWS", 7)
+    assert dg.materialize([selections], partition_key=FULL_DATA_PARTITION, instance=instance, resources=resources).success
+    assert selection_frame(resources).equals(whole)
+    assert whole["content_hash"].is_sorted() and whole["content_hash"].n_unique() == whole.height > 7 * 2
+    assert {i: t for i, t in zip(whole["id"], whole["text"])} == {i: selected[i]["text"] for i in whole["id"]}

@@ -5,6 +5,7 @@ keeps ownership by arrival, retires shards and records sketch sets."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import duckdb
 
@@ -39,7 +40,8 @@ def schema_before(tmp_path, version: int, database) -> duckdb.DuckDBPyConnection
         if int(path.name[:3]) < version:
             shutil.copy(path, old_sql / path.name)
     con = duckdb.connect(str(database))
-    applied = store_module.apply_migrations(con, old_sql)
+    # an empty store: the Python steps of the older migrations find nothing to move
+    applied = store_module.apply_migrations(con, old_sql, attributes_dir=Path(database).parent / "attributes")
     assert applied == [p.name for p in sorted(old_sql.glob("*.sql"))]
     return con
 
@@ -183,3 +185,54 @@ def test_migration_008_moves_scores_and_embeddings_into_attribute_files(tmp_path
     # scoring workers find each shard's documents file without the catalogue
     for shard in ("a.jsonl", "b.jsonl"):
         assert documents.current(database.parent / "documents" / shard).name == "0123456789abcdef.parquet"
+
+
+def store_before_009(tmp_path, export_members: dict[str, list[str]]):
+    """A store at the schema of the code before 009: each selection's members as selection_members rows
+    (h1, h2 for s1; h3 for s2) and its export file, listing `export_members[selection]`."""
+    import polars as pl
+
+    database = tmp_path / "home" / "dselect.duckdb"
+    database.parent.mkdir()
+    con = schema_before(tmp_path, 9, database)
+    members = {"selection:s1": ["h1", "h2"], "selection:s2": ["h3"]}
+    for selection_id, hashes in members.items():
+        export = tmp_path / f"{selection_id.replace(':', '-')}.parquet"
+        listed = export_members[selection_id]
+        pl.DataFrame({"id": listed, "content_hash": listed, "text": listed}).write_parquet(export)
+        con.execute("INSERT INTO selections VALUES (?, 'random@0.20', 'random', 0.2, 0, '{}', '{}', 'input:x', 3, ?,"
+                    " ?, 'sha', 'run', now())", [selection_id, len(hashes), str(export)])
+        con.executemany("INSERT INTO selection_members VALUES (?, ?)", [(selection_id, h) for h in hashes])
+    con.execute("INSERT INTO eval_documents VALUES ('in_distribution', 'h2', 'd2')")
+    con.close()
+    return database
+
+
+def test_migration_009_reads_members_from_each_selections_export_and_drops_the_table(tmp_path):
+    import polars as pl
+
+    from dselect_assets.store import selections as selection_store
+
+    database = store_before_009(tmp_path, {"selection:s1": ["h2", "h1"], "selection:s2": ["h3"]})
+    with store_module.connect(database, read_only=True) as con:
+        assert not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'selection_members'"
+                               ).fetchall()
+        assert sorted(pl.read_parquet(selection_store.members_file(con, "selection:s1"))["content_hash"]) == ["h1", "h2"]
+        assert selection_store.eval_leaks(con, "selection:s1") == 1
+        assert selection_store.eval_leaks(con, "selection:s2") == 0
+
+
+def test_migration_009_refuses_to_drop_members_that_no_export_lists(tmp_path):
+    import pytest
+
+    # s2's export lists a document its members rows do not hold
+    database = store_before_009(tmp_path, {"selection:s1": ["h1", "h2"], "selection:s2": ["h3", "h4"]})
+    with pytest.raises(RuntimeError, match="selection:s2.*differ in 1 documents.*DELETE FROM selections"):
+        with store_module.connect(database):
+            pass
+    with duckdb.connect(str(database), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM selection_members").fetchone() == (3,)
+    # an export that is gone is refused the same way
+    (tmp_path / "selection-s1.parquet").unlink()
+    with pytest.raises(RuntimeError, match="selection:s1: its export .* is missing"):
+        store_module.apply_migrations(duckdb.connect(str(database)), attributes_dir=tmp_path / "attributes")

@@ -15,6 +15,7 @@ from dselect_assets.core import checkpoint_lm, models, paper, report, train
 from dselect_assets.core.evaluate import token_perplexity
 from dselect_assets.core.tiny_lm import GPTConfig, TinyGPT, load_model
 from dselect_assets.resources import AskLLMJudgeResource
+from dselect_assets.store import selections as selection_store
 
 
 @pytest.fixture
@@ -245,8 +246,9 @@ def test_the_perplexity_filter_over_a_tiny_lm_checkpoint_end_to_end(workspace, r
     assert producer == store.query("SELECT producer_id FROM resource_producers WHERE resource = ?",
                                    [paper.tiny_lm_resource(0.30)])[0][0]
     # the filter kept the documents this checkpoint finds most likely
-    kept = {r[0] for r in store.query(
-        "SELECT content_hash FROM selection_members WHERE selection_id = ?", [event.metadata["selection_id"].value])}
+    with store.connect(read_only=True) as con:
+        kept = set(pl.read_parquet(selection_store.members_file(con, event.metadata["selection_id"].value))
+                   ["content_hash"])
     nll = dict(store.query("SELECT s.content_hash, s.value FROM scores s JOIN contents c USING (content_hash)"
                            " WHERE s.producer_id = ? AND c.content_hash NOT IN (SELECT content_hash FROM eval_documents)",
                            [producer]))

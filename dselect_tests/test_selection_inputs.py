@@ -4,12 +4,14 @@ import json
 
 import dagster as dg
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from dselect_assets.assets import corpus, selection
 from dselect_assets.assets.scoring import register_producer
 from dselect_assets.core.samplers import scorable_rows, target_size
 from dselect_assets.store import attributes
+from dselect_assets.store import selections as selection_store
 
 
 def test_scorable_rows_keeps_rows_with_every_score_finite():
@@ -49,5 +51,7 @@ def test_unscorable_documents_are_left_out_and_counted(workspace, resources, ins
     assert meta["kept"] == target_size(len(eligible) - len(unscorable), rate)
     checks_passed = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks_passed["size_matches_rate"]
-    members = {h for (h,) in store.query("SELECT content_hash FROM selection_members")}
+    with store.connect(read_only=True) as con:
+        members = set(pq.read_table(selection_store.members_file(con, meta["selection_id"]))["content_hash"]
+                      .to_pylist())
     assert members and not members & unscorable

@@ -66,7 +66,7 @@ def stage_export_input(store: DuckDBStore, selection_file: Path, staged: Path) -
     with store.connect(read_only=True) as con:
         files = [Path(f) for f in selection_store.documents_files(con)]
         with_metadata = [f for f in files if f.is_file() and "metadata" in pq.read_schema(f).names]
-        selection_store.stage_export(con, selection_file, staged, with_metadata)
+        selection_store.stage_export(con, selection_file, staged, with_metadata, staged.parent / "duckdb-spill")
 
 
 def export_selection(
@@ -80,7 +80,8 @@ def export_selection(
     staged = paths.dir("tmp") / f"export-{key}-{os.getpid()}.parquet"
     try:
         stage_export_input(store, selection_file, staged)
-        batches = pq.ParquetFile(staged).iter_batches(batch_size=_BATCH_ROWS)
+        # pre_buffer would keep every row group read so far: the whole selection by the end
+        batches = pq.ParquetFile(staged, pre_buffer=False).iter_batches(batch_size=_BATCH_ROWS)
         info = {
             "selection_key": key,
             "selection_id": selection_id,

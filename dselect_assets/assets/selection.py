@@ -307,13 +307,14 @@ EXPORT_SCORES = {"ask_llm": "ask_llm", "perplexity": "perplexity", "density": "d
 
 
 def write_export(store: DuckDBStore, kept: pa.Array, producers: dict[str, str], ask_llm_value: str,
-                 out_file: Path) -> None:
+                 out_file: Path, spill_dir: Path) -> None:
     """id, content_hash, text and the scores the selection read (the Ask-LLM column it ranked by),
     by content hash; a score the sampler did not read is null."""
     scores = {kind: (producers.get(kind, ""), ask_llm_value if kind == "ask_llm" else "value")
               for kind in EXPORT_SCORES}
     with store.connect(read_only=True) as con:
-        write_atomically(out_file, lambda tmp: selection_store.write_export(con, store.attributes, kept, scores, tmp))
+        write_atomically(out_file, lambda tmp: selection_store.write_export(con, store.attributes, kept, scores, tmp,
+                                                                             spill_dir))
 
 
 @dg.asset(
@@ -359,14 +360,15 @@ def selections(
     if not n_held_out:
         raise dg.Failure("no evaluation sets recorded; materialize eval_sets first so they can be held out")
     try:
-        if sampler == "full":
+        if sampler == FULL_SAMPLER:
             kept_idx, producers, n_scorable = np.arange(len(hashes)), {}, len(hashes)
         else:
             inputs, producers, rows = sampler_inputs(store, sampler, hashes, config, sources)
             kept_idx, n_scorable = rows[samplers.SAMPLERS[sampler](inputs, rate, config.seed)], rows.size
     except MissingUpstream as exc:
         raise dg.Failure(f"selection {key}: {exc}") from exc
-    kept = hashes.take(pa.array(kept_idx, pa.int64()))
+    # the full data is every eligible hash: no second corpus-sized copy
+    kept = hashes if sampler == FULL_SAMPLER else hashes.take(pa.array(kept_idx, pa.int64()))
     input_version = hashes_version(hashes)
     selection_id = make_producer_id(
         "selection", sampler=sampler, rate=rate, seed=config.seed, producers=producers,
@@ -374,7 +376,7 @@ def selections(
     )
     shown = export_producers(store, config, sources, producers)
     out_file = paths.dir("selections", key) / f"{selection_id.replace(':', '-')}.parquet"
-    write_export(store, kept, shown, config.ask_llm_value, out_file)
+    write_export(store, kept, shown, config.ask_llm_value, out_file, paths.dir("tmp", "duckdb-spill"))
     export_sha = file_sha256(out_file)
 
     with store.transaction() as con:
@@ -383,7 +385,7 @@ def selections(
             "seed": config.seed, "config": config.model_dump(), "producers": producers,
             "input_version": input_version, "n_considered": len(hashes), "n_kept": len(kept),
             "export_path": str(out_file), "export_sha256": export_sha, "run_id": context.run.run_id,
-        }, kept)
+        })
         register_artifact(con, out_file, "selection_export", context.run.run_id, selection_id, key, len(kept), export_sha)
         record_run(con, context, config.model_dump(), selection_id, outputs={"kept": len(kept), "considered": len(hashes)})
 

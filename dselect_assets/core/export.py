@@ -257,7 +257,7 @@ def read_export(out_dir: Path, verify: bool = True) -> Iterator[dict]:
         if verify and file_sha256(path) != entry["sha256"]:
             raise ExportError(f"{path}: sha256 differs from the manifest's; the file changed after the export")
         if manifest["format"] == "parquet":
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_ROWS):
+            for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=_PARQUET_ROWS):
                 for row in batch.to_pylist():
                     yield {"id": row["id"], "text": row["text"], "source": row["source"],
                            "metadata": json.loads(row["metadata"])}

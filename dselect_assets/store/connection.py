@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,24 @@ LOCK_WAIT_WARN_S = 5.0
 
 class StoreLockTimeout(RuntimeError):
     pass
+
+
+# What one corpus-sized query (an export's joins and sort) may hold before DuckDB spills to disk.
+# DuckDB's own default is 80% of the machine's memory, which lets a 3M-document export run a
+# container out of memory; 2 GB leaves room under a 4 GiB step for Python and Arrow batches.
+QUERY_MEMORY_LIMIT = "2GB"
+
+
+def bound_memory(con: duckdb.DuckDBPyConnection, spill_dir: Path, memory_limit: str = QUERY_MEMORY_LIMIT) -> None:
+    """Let this connection's joins and sorts spill to `spill_dir` past `memory_limit`, and reorder
+    rows wherever a query asks no order (an unordered streaming join buffers nothing to keep it)."""
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    # a directory of this connection's own: DuckDB names its spill files alike in every process,
+    # and creates (and at close removes) the directory only when it spills
+    own = spill_dir / f"duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("SET temp_directory = '" + str(own).replace("'", "''") + "'")
+    con.execute("SET preserve_insertion_order = false")
 
 
 def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:

@@ -7,6 +7,11 @@ embeddings keep the shard of the directory their .npy chunk was in. A migration 
 transaction: if writing a file fails, the tables stay and the files written so far are harmless
 (a re-run rewrites them under the same names). It also writes each shard's CURRENT documents
 pointer (store/documents.py), which scoring workers read instead of the `shards` table.
+
+009 (sql/009_selection_member_files.sql drops `selection_members`): the members of a selection
+already are the content_hash column of its Parquet export, so nothing is written; each recorded
+selection with members rows is checked against its export first, and a missing or different export
+stops the migration with what to do, rather than dropping the only record of the members.
 """
 
 from __future__ import annotations
@@ -80,4 +85,27 @@ def move_scores_and_embeddings(con: duckdb.DuckDBPyConnection, root: Path) -> No
         _move_embeddings(con, root)
 
 
-STEPS: dict[int, Callable[[duckdb.DuckDBPyConnection, Path], None]] = {8: move_scores_and_embeddings}
+def check_members_in_exports(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    if not _table_exists(con, "selection_members"):
+        return
+    selections = con.execute(
+        "SELECT selection_id, selection_key, export_path FROM selections s WHERE EXISTS"
+        " (SELECT 1 FROM selection_members m WHERE m.selection_id = s.selection_id) ORDER BY 1").fetchall()
+    for selection_id, key, export_path in selections:
+        what_to_do = (f"delete its row (DELETE FROM selections WHERE selection_id = '{selection_id}'), open the "
+                      f"store again and re-materialize selections[{key}]")
+        if not Path(export_path).is_file():
+            raise RuntimeError(f"selection {selection_id}: its export {export_path} is missing, so its members "
+                               f"would be lost with selection_members; {what_to_do}")
+        # both directions in one pass: a hash on one side only
+        (differing,) = con.execute(
+            "SELECT count(*) FROM (SELECT content_hash FROM selection_members WHERE selection_id = ?) m"
+            " FULL OUTER JOIN (SELECT DISTINCT content_hash FROM read_parquet(?)) e USING (content_hash)"
+            " WHERE m.content_hash IS NULL OR e.content_hash IS NULL", [selection_id, export_path]).fetchone()
+        if differing:
+            raise RuntimeError(f"selection {selection_id}: its export {export_path} and its selection_members rows "
+                               f"differ in {differing} documents (the file changed after the selection); {what_to_do}")
+
+
+STEPS: dict[int, Callable[[duckdb.DuckDBPyConnection, Path], None]] = {
+    8: move_scores_and_embeddings, 9: check_members_in_exports}

@@ -247,7 +247,8 @@ class ClusterConfig(dg.Config):
     code_version=COVERAGE_VERSION,
     automation_condition=eager_after_checks(),
     kinds={"duckdb"},
-    description="faiss k-means over all embeddings; each document's cluster and distance to its centroid "
+    description="faiss k-means (trained on a seeded sample, assigned shard by shard) over the embeddings; "
+    "each document's cluster and distance to its centroid "
     "(used by SemDeDup and SSL Prototypes).",
 )
 def clusters(
@@ -256,23 +257,38 @@ def clusters(
     embedding_producer = embedder_producer(embedder)
     with store.connect(read_only=True) as con:
         hashes = coverage.corpus_hashes(con)
-    vectors = load_embeddings(store, embedding_producer, hashes)
-    result = clustering.kmeans(vectors, k=config.n_clusters or None, seed=config.seed)
+        owners = coverage.owner_shards(con)
+    k = config.n_clusters or clustering.default_k(len(hashes))
+    if not 1 <= k <= len(hashes):
+        raise dg.Failure(description=f"cannot make {k} clusters of {len(hashes)} documents")
+    # Train on a seeded sample, then assign shard by shard: memory holds the sample and one
+    # shard's embeddings, never the corpus's.
+    sample = load_embeddings(store, embedding_producer,
+                             hashes.take(pa.array(clustering.training_sample(len(hashes), k, config.seed))))
+    # k == n: every document is its own centroid (faiss would refuse to train).
+    centroids = sample if k == len(hashes) else clustering.fit_centroids(sample, k, seed=config.seed)
+    del sample
+    parts = []
+    for shard in owners:
+        owned = first_occurrences(store, shard)
+        parts.append((owned, *clustering.assign(centroids, load_embeddings(store, embedding_producer, owned))))
+    assigned = pa.concat_arrays([p[0] for p in parts])
+    assignment, distance = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
     clustering_id = make_producer_id(
-        "kmeans", embedder=embedding_producer, k=result.k, seed=config.seed,
+        "kmeans", embedder=embedding_producer, k=k, seed=config.seed,
         input_version=input_version(hashes),
     )
     # Recorded as a producer so a selection can check the clusters match the embeddings it reads.
-    register_producer(store, clustering_id, "clusters", {"embedder": embedding_producer, "k": result.k,
+    register_producer(store, clustering_id, "clusters", {"embedder": embedding_producer, "k": k,
                                                          "seed": config.seed})
     with store.transaction() as con:
-        coverage.replace_cluster_assignments(con, clustering_id, hashes, result.assignment, result.distance)
-        record_run(con, context, config.model_dump(), clustering_id, outputs={"k": result.k, "n": len(hashes)})
-    sizes = np.bincount(result.assignment, minlength=result.k)
+        coverage.replace_cluster_assignments(con, clustering_id, assigned, assignment, distance)
+        record_run(con, context, config.model_dump(), clustering_id, outputs={"k": k, "n": len(hashes)})
+    sizes = np.bincount(assignment, minlength=k)
     return dg.MaterializeResult(
         metadata={
             "documents": len(hashes),
-            "clusters": result.k,
+            "clusters": k,
             "clustering_id": clustering_id,
             "cluster_size": dg.MetadataValue.json(summary(sizes.astype(float))),
             "largest_clusters": dg.MetadataValue.md(

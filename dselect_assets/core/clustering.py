@@ -1,8 +1,10 @@
 """faiss k-means over embeddings, for SemDeDup and SSL Prototypes.
 
-Seeded and single-machine deterministic: faiss's CPU k-means picks its initial
-centroids (and any training subsample) from the seed, assignment is an exact
-search, and the centroid update is partitioned by centroid, not by thread.
+Seeded and single-machine deterministic: the training sample (at most
+POINTS_PER_CENTROID points per centroid) and faiss's initial centroids come from
+the seed, assignment is an exact search, and the centroid update is partitioned by
+centroid, not by thread. Training on a sample and assigning in pieces is what lets
+the `clusters` asset hold one shard's embeddings at a time, not the corpus's.
 """
 
 from __future__ import annotations
@@ -25,11 +27,68 @@ class KMeansResult:
         return int(self.centroids.shape[0])
 
 
+# Above a million documents sqrt(n) clusters would make assignment cost grow as n^1.5; at
+# 1,024 a cluster of a 10M corpus still holds ~10k documents, SemDeDup's unit of work.
+MAX_DEFAULT_K = 1024
+# faiss trains on at most this many points per centroid (its own default): the sample the
+# caller loads, so training memory is bounded by k, not by the corpus.
+POINTS_PER_CENTROID = 256
+
+
 def default_k(n: int) -> int:
-    """~sqrt(n) clusters: enough for local structure, ~sqrt(n) points each."""
+    """~sqrt(n) clusters (enough for local structure, ~sqrt(n) points each), at most MAX_DEFAULT_K."""
     if n < 1:
         raise ValueError(f"cannot cluster {n} points")
-    return max(1, min(n, round(math.sqrt(n))))
+    return max(1, min(n, round(math.sqrt(n)), MAX_DEFAULT_K))
+
+
+def training_sample(n: int, k: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of the points k-means trains on: all of them up to POINTS_PER_CENTROID * k,
+    else a seeded sample of that many."""
+    if n <= POINTS_PER_CENTROID * k:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, k])
+    return np.sort(rng.choice(n, size=POINTS_PER_CENTROID * k, replace=False))
+
+
+def _checked(embeddings: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"embeddings must be a non-empty [n, dim] array, got shape {list(x.shape)}")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.flatnonzero(~np.all(np.isfinite(x), axis=1))[0])
+        raise ValueError(f"embedding row {bad} has a non-finite value")
+    return x
+
+
+def fit_centroids(sample: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, spherical: bool = False) -> np.ndarray:
+    """float32 [k, dim] centroids of faiss k-means over `sample` (k < len(sample))."""
+    x = _checked(sample)
+    if not 1 <= k < x.shape[0]:
+        raise ValueError(f"k must be in [1, {x.shape[0] - 1}] for {x.shape[0]} training points, got {k}")
+    model = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=niter,
+        seed=seed,
+        spherical=spherical,
+        verbose=False,
+        # faiss warns below 39 points per centroid; sqrt(n) clusters are intended
+        min_points_per_centroid=1,
+        max_points_per_centroid=POINTS_PER_CENTROID,
+    )
+    model.train(x)
+    return np.ascontiguousarray(model.centroids, dtype=np.float32)
+
+
+def assign(centroids: np.ndarray, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid, L2 distance to it) of each embedding: an exact search, so a point's
+    cluster does not depend on which other points are assigned with it."""
+    x = _checked(embeddings)
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    sq_dist, nearest = index.search(x, 1)
+    return nearest[:, 0].astype(np.int64), np.sqrt(np.maximum(sq_dist[:, 0], 0.0)).astype(np.float32)
 
 
 def kmeans(
@@ -40,41 +99,20 @@ def kmeans(
     niter: int = 20,
     spherical: bool = False,
 ) -> KMeansResult:
-    """Cluster `embeddings` [n, dim] into k groups (k defaults to `default_k(n)`).
+    """Cluster `embeddings` [n, dim] into k groups (k defaults to `default_k(n)`), all in memory;
+    the `clusters` asset does the same with the sample and the assignment read shard by shard.
 
     ``spherical`` renormalizes centroids to unit length after each step
     (cosine k-means), which suits L2-normalized sentence embeddings.
     """
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"embeddings must be a non-empty [n, dim] array, got shape {list(x.shape)}")
-    if not np.all(np.isfinite(x)):
-        bad = int(np.flatnonzero(~np.all(np.isfinite(x), axis=1))[0])
-        raise ValueError(f"embedding row {bad} has a non-finite value")
-    n, dim = x.shape
+    x = _checked(embeddings)
+    n = x.shape[0]
     k = default_k(n) if k is None else int(k)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, n={n}], got {k}")
     if k == n:
         # every point is its own cluster; faiss would refuse to train
         return KMeansResult(x.copy(), np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.float32))
-    model = faiss.Kmeans(
-        dim,
-        k,
-        niter=niter,
-        seed=seed,
-        spherical=spherical,
-        verbose=False,
-        # faiss warns below 39 points per centroid; sqrt(n) clusters are intended
-        min_points_per_centroid=1,
-    )
-    model.train(x)
-    centroids = np.ascontiguousarray(model.centroids, dtype=np.float32)
-    index = faiss.IndexFlatL2(dim)
-    index.add(centroids)
-    sq_dist, nearest = index.search(x, 1)
-    return KMeansResult(
-        centroids=centroids,
-        assignment=nearest[:, 0].astype(np.int64),
-        distance=np.sqrt(np.maximum(sq_dist[:, 0], 0.0)).astype(np.float32),
-    )
+    centroids = fit_centroids(x[training_sample(n, k, seed)], k, seed=seed, niter=niter, spherical=spherical)
+    assignment, distance = assign(centroids, x)
+    return KMeansResult(centroids=centroids, assignment=assignment, distance=distance)

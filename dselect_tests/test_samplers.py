@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dselect_assets.core.clustering import default_k, kmeans
+from dselect_assets.core.clustering import (
+    MAX_DEFAULT_K,
+    POINTS_PER_CENTROID,
+    assign,
+    default_k,
+    fit_centroids,
+    kmeans,
+    training_sample,
+)
 from dselect_assets.core.race_sketch import RaceSketch
 from dselect_assets.core.samplers import (
     REQUIRED_INPUTS,
@@ -243,4 +251,23 @@ def test_kmeans_is_deterministic_and_sized_from_n(full_inputs):
     np.testing.assert_allclose(first.distance, expected, atol=1e-4)
     with pytest.raises(ValueError, match="k must be"):
         kmeans(full_inputs.embeddings, k=full_inputs.n + 1)
+
+
+def test_kmeans_trains_on_a_bounded_seeded_sample_and_assigns_in_any_pieces(full_inputs):
+    assert default_k(10_000_000) == MAX_DEFAULT_K
+    np.testing.assert_array_equal(training_sample(5_000, 20), np.arange(5_000))  # 256 per centroid: all
+    big = training_sample(3_000_000, 10, seed=4)
+    assert len(big) == 10 * POINTS_PER_CENTROID and np.all(np.diff(big) > 0) and big[-1] < 3_000_000
+    np.testing.assert_array_equal(big, training_sample(3_000_000, 10, seed=4))
+    assert not np.array_equal(big, training_sample(3_000_000, 10, seed=5))
+
+    x = full_inputs.embeddings
+    centroids = fit_centroids(x, 7, seed=1)
+    whole = assign(centroids, x)
+    pieces = [assign(centroids, x[i: i + 13]) for i in range(0, len(x), 13)]
+    np.testing.assert_array_equal(whole[0], np.concatenate([p[0] for p in pieces]))
+    np.testing.assert_array_equal(whole[1], np.concatenate([p[1] for p in pieces]))
+    result = kmeans(x, k=7, seed=1)  # the in-memory path is the same fit and assignment
+    np.testing.assert_array_equal(result.centroids, centroids)
+    np.testing.assert_array_equal(result.assignment, whole[0])
 

@@ -193,6 +193,9 @@ def ask_llm_density_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np
     return np.sort(pool[_gumbel_top(-np.log(density[pool]), k, rng)])
 
 
+ROW_BLOCK = 65536  # rows per step where a whole-corpus temporary would cost a copy of the embeddings
+
+
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
@@ -208,7 +211,8 @@ def _cluster_centroids(inputs: SamplerInputs) -> np.ndarray:
             )
         return inputs.centroids
     sums = np.zeros((n_clusters, inputs.embeddings.shape[1]), dtype=np.float64)
-    np.add.at(sums, inputs.clusters, inputs.embeddings)
+    for start in range(0, inputs.n, ROW_BLOCK):  # in blocks: np.add.at would copy all rows to float64
+        np.add.at(sums, inputs.clusters[start: start + ROW_BLOCK], inputs.embeddings[start: start + ROW_BLOCK])
     sizes = np.bincount(inputs.clusters, minlength=n_clusters)
     return (sums / np.maximum(sizes, 1)[:, None]).astype(np.float32)
 
@@ -222,15 +226,18 @@ def semdedup_max_similarity(inputs: SamplerInputs, block: int = 1024) -> np.ndar
     threshold eps removes exactly the documents whose value exceeds 1 - eps.
     """
     inputs.need("semdedup", "embeddings", "clusters")
-    unit = _unit_rows(inputs.embeddings)
     centroids = _cluster_centroids(inputs)
-    to_centroid = np.linalg.norm(inputs.embeddings - centroids[inputs.clusters], axis=1)
+    # Row blocks and one cluster's unit vectors at a time: no temporary the size of the embeddings.
+    to_centroid = np.concatenate([
+        np.linalg.norm(inputs.embeddings[i: i + ROW_BLOCK] - centroids[inputs.clusters[i: i + ROW_BLOCK]], axis=1)
+        for i in range(0, inputs.n, ROW_BLOCK)
+    ])
     best = np.full(inputs.n, -np.inf)
     order = np.lexsort((np.arange(inputs.n), -to_centroid, inputs.clusters))
     starts = np.flatnonzero(np.r_[True, np.diff(inputs.clusters[order]) != 0])
     for start, stop in zip(starts, np.r_[starts[1:], inputs.n]):
         members = order[start:stop]
-        vectors = unit[members]
+        vectors = _unit_rows(inputs.embeddings[members])
         for col in range(1, len(members), block):
             cols = slice(col, min(col + block, len(members)))
             # similarities of block columns j to all earlier rows i < j

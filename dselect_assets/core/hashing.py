@@ -40,6 +40,14 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sorted_hashes(hashes: pa.Array) -> pa.Array:
+    """`hashes` in ascending order; as given when already sorted (the eligible set comes sorted
+    from the catalogue: checking costs a comparison per hash, a sort a copy of them all)."""
+    if len(hashes) > 1 and not pc.all(pc.less_equal(hashes[:-1], hashes[1:])).as_py():
+        return hashes.take(pc.sort_indices(hashes))
+    return hashes
+
+
 def hash_set_digest(hex_hashes) -> str:
     """sha256 naming a set of content hashes (given in any order), computed over the sorted Arrow
     string buffers rather than a Python object per hash."""
@@ -49,9 +57,7 @@ def hash_set_digest(hex_hashes) -> str:
         hashes = hashes.combine_chunks()
     if hashes.null_count:
         raise ValueError("a set of content hashes holds a null")
-    # the eligible set comes sorted from the catalogue: checking costs a bit per hash, a sort a copy
-    if len(hashes) > 1 and not pc.all(pc.less_equal(hashes[:-1], hashes[1:])).as_py():
-        hashes = hashes.take(pc.sort_indices(hashes))
+    hashes = sorted_hashes(hashes)
     if len(hashes) == 0:
         return hashlib.sha256(b"").hexdigest()
     offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int32)[hashes.offset: hashes.offset + len(hashes) + 1]

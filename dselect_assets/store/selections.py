@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dselect_assets.core.hashing import sorted_hashes
 from dselect_assets.store import attributes
 from dselect_assets.store.connection import bound_memory
 
@@ -185,12 +186,6 @@ EXPORT_BATCH_ROWS = 8192
 EXPORT_RANGE_ROWS = 1 << 18
 
 
-def _sorted(hashes: pa.Array) -> pa.Array:
-    if len(hashes) > 1 and not pc.all(pc.less_equal(hashes[:-1], hashes[1:])).as_py():
-        return hashes.take(pc.sort_indices(hashes))
-    return hashes
-
-
 def write_export(con: duckdb.DuckDBPyConnection, attributes_root: Path, kept, scores: dict[str, tuple[str, str]],
                  out_file: Path, spill_dir: Path) -> int:
     """Write the selection's export: id, content_hash, text and one column per entry of `scores`
@@ -203,7 +198,7 @@ def write_export(con: duckdb.DuckDBPyConnection, attributes_root: Path, kept, sc
     export, and the export is assembled from the parts a range of places at a time, so memory
     holds a shard or a range, plus one score array per entry of `scores`."""
     bound_memory(con, spill_dir)
-    kept = _sorted(attributes.as_strings(kept))
+    kept = sorted_hashes(attributes.as_strings(kept))
     positions = _register_positions(con, kept, "_kept_rows")
     values = {}
     for name, (producer, column) in scores.items():

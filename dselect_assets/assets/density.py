@@ -258,16 +258,17 @@ def clusters(
     with store.connect(read_only=True) as con:
         hashes = coverage.corpus_hashes(con)
         owners = coverage.owner_shards(con)
-    k = config.n_clusters or clustering.default_k(len(hashes))
-    if not 1 <= k <= len(hashes):
-        raise dg.Failure(description=f"cannot make {k} clusters of {len(hashes)} documents")
+    n, version = len(hashes), input_version(hashes)
+    k = config.n_clusters or clustering.default_k(n)
+    if not 1 <= k <= n:
+        raise dg.Failure(description=f"cannot make {k} clusters of {n} documents")
     # Train on a seeded sample, then assign shard by shard: memory holds the sample and one
     # shard's embeddings, never the corpus's.
     sample = load_embeddings(store, embedding_producer,
-                             hashes.take(pa.array(clustering.training_sample(len(hashes), k, config.seed))))
+                             hashes.take(pa.array(clustering.training_sample(n, k, config.seed))))
     # k == n: every document is its own centroid (faiss would refuse to train).
-    centroids = sample if k == len(hashes) else clustering.fit_centroids(sample, k, seed=config.seed)
-    del sample
+    centroids = sample if k == n else clustering.fit_centroids(sample, k, seed=config.seed)
+    del sample, hashes  # the shards' owned sets below cover the corpus again
     parts = []
     for shard in owners:
         owned = first_occurrences(store, shard)
@@ -276,18 +277,18 @@ def clusters(
     assignment, distance = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
     clustering_id = make_producer_id(
         "kmeans", embedder=embedding_producer, k=k, seed=config.seed,
-        input_version=input_version(hashes),
+        input_version=version,
     )
     # Recorded as a producer so a selection can check the clusters match the embeddings it reads.
     register_producer(store, clustering_id, "clusters", {"embedder": embedding_producer, "k": k,
                                                          "seed": config.seed})
     with store.transaction() as con:
         coverage.replace_cluster_assignments(con, clustering_id, assigned, assignment, distance)
-        record_run(con, context, config.model_dump(), clustering_id, outputs={"k": k, "n": len(hashes)})
+        record_run(con, context, config.model_dump(), clustering_id, outputs={"k": k, "n": n})
     sizes = np.bincount(assignment, minlength=k)
     return dg.MaterializeResult(
         metadata={
-            "documents": len(hashes),
+            "documents": n,
             "clusters": k,
             "clustering_id": clustering_id,
             "cluster_size": dg.MetadataValue.json(summary(sizes.astype(float))),

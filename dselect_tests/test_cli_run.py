@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -60,5 +61,5 @@ def test_sigterm_stops_the_workers_with_the_cli(tmp_path):
     for _ in range(600):  # the worker is reaped by the time the CLI exits; allow a slow box
         if not Path(f"/proc/{worker}").exists():
             break
-        subprocess.run(["sleep", "0.1"])
+        time.sleep(0.1)
     assert not Path(f"/proc/{worker}").exists(), "a worker outlived the CLI"

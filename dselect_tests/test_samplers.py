@@ -18,9 +18,11 @@ from dselect_assets.core.race_sketch import RaceSketch
 from dselect_assets.core.samplers import (
     REQUIRED_INPUTS,
     SAMPLERS,
+    ArrayRows,
     SamplerInputs,
     _gumbel_top,
     _rng,
+    nearest_centroid_distance,
     semdedup_max_similarity,
     target_size,
 )
@@ -211,7 +213,7 @@ def test_semdedup_removes_planted_near_duplicates_first():
 
 def test_prototypes_keeps_the_documents_farthest_from_their_nearest_centroid(full_inputs):
     kept = SAMPLERS["prototypes"](full_inputs, 0.4, 0)
-    to_each = np.linalg.norm(full_inputs.embeddings[:, None, :] - full_inputs.centroids[None, :, :], axis=2)
+    to_each = np.linalg.norm(full_inputs.embeddings.array[:, None, :] - full_inputs.centroids[None, :, :], axis=2)
     nearest = to_each.min(axis=1)
     is_kept = np.isin(np.arange(full_inputs.n), kept)
     assert len(kept) == target_size(full_inputs.n, 0.4)
@@ -232,6 +234,39 @@ def test_prototypes_has_no_per_cluster_quota():
     assert np.all(clusters[kept] == 1)
 
 
+class ShuffledRows(ArrayRows):
+    """A reader whose cheapest order is not row order, recording how many rows each read asks for."""
+
+    def __init__(self, embeddings: np.ndarray):
+        super().__init__(embeddings)
+        self.reads: list[int] = []
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        self.reads.append(len(positions))
+        return super().read(positions)
+
+    def storage_order(self) -> np.ndarray:
+        return np.random.default_rng(5).permutation(self.n)
+
+
+def test_semdedup_and_prototypes_read_whole_clusters_in_bounded_groups(full_inputs, monkeypatch):
+    import dselect_assets.core.samplers as samplers
+
+    bare = SamplerInputs(n=full_inputs.n, embeddings=full_inputs.embeddings, clusters=full_inputs.clusters)
+    similarity, distance = semdedup_max_similarity(bare), nearest_centroid_distance(bare)
+    largest = int(np.bincount(full_inputs.clusters).max())
+    monkeypatch.setattr(samplers, "GROUP_ROWS", largest // 2 + 1)
+    monkeypatch.setattr(samplers, "ROW_BLOCK", 37)
+    rows = ShuffledRows(full_inputs.embeddings.array)
+    grouped = SamplerInputs(n=full_inputs.n, embeddings=rows, clusters=full_inputs.clusters)
+    np.testing.assert_array_equal(semdedup_max_similarity(grouped), similarity)
+    # One cluster at a time here (each is larger than a group), never the corpus.
+    assert max(rows.reads) == largest and len(rows.reads) > len(np.unique(full_inputs.clusters))
+    # The cluster means are summed in another order: equal up to rounding.
+    np.testing.assert_allclose(nearest_centroid_distance(grouped), distance, rtol=1e-5)
+    assert max(rows.reads[-10:]) == 37
+
+
 def test_prototypes_and_semdedup_work_without_given_centroids(full_inputs):
     bare = SamplerInputs(n=full_inputs.n, embeddings=full_inputs.embeddings, clusters=full_inputs.clusters)
     for name in ("prototypes", "semdedup"):
@@ -242,15 +277,15 @@ def test_prototypes_and_semdedup_work_without_given_centroids(full_inputs):
 
 
 def test_kmeans_is_deterministic_and_sized_from_n(full_inputs):
-    first = kmeans(full_inputs.embeddings, seed=1)
-    again = kmeans(full_inputs.embeddings, seed=1)
+    first = kmeans(full_inputs.embeddings.array, seed=1)
+    again = kmeans(full_inputs.embeddings.array, seed=1)
     assert first.k == default_k(full_inputs.n) == round(np.sqrt(full_inputs.n))
     np.testing.assert_array_equal(first.assignment, again.assignment)
     np.testing.assert_array_equal(first.centroids, again.centroids)
-    expected = np.linalg.norm(full_inputs.embeddings - first.centroids[first.assignment], axis=1)
+    expected = np.linalg.norm(full_inputs.embeddings.array - first.centroids[first.assignment], axis=1)
     np.testing.assert_allclose(first.distance, expected, atol=1e-4)
     with pytest.raises(ValueError, match="k must be"):
-        kmeans(full_inputs.embeddings, k=full_inputs.n + 1)
+        kmeans(full_inputs.embeddings.array, k=full_inputs.n + 1)
 
 
 def test_kmeans_trains_on_a_bounded_seeded_sample_and_assigns_in_any_pieces(full_inputs):
@@ -261,7 +296,7 @@ def test_kmeans_trains_on_a_bounded_seeded_sample_and_assigns_in_any_pieces(full
     np.testing.assert_array_equal(big, training_sample(3_000_000, 10, seed=4))
     assert not np.array_equal(big, training_sample(3_000_000, 10, seed=5))
 
-    x = full_inputs.embeddings
+    x = full_inputs.embeddings.array
     centroids = fit_centroids(x, 7, seed=1)
     whole = assign(centroids, x)
     pieces = [assign(centroids, x[i: i + 13]) for i in range(0, len(x), 13)]

@@ -123,3 +123,34 @@ def test_records_another_writer_took_in_meanwhile_are_skipped_not_an_error(tmp_p
     con = duckdb.connect(str(db))
     catalogue.apply_records(con, listed_before)
     assert con.execute("SELECT count(*) FROM producers WHERE producer_id = 'ask_llm:x'").fetchone() == (1,)
+
+
+def test_vector_rows_read_the_positions_asked_for_across_chunk_files(tmp_path):
+    import hashlib
+
+    import numpy as np
+    import pytest
+
+    from dselect_assets.store import attributes
+    from dselect_assets.store.errors import MissingUpstream
+
+    producer = "embedding:dddddddddddddddd"
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)]
+    vectors = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    attributes.write_vectors(tmp_path, producer, "a.jsonl", hashes[:200], vectors[:200])
+    attributes.write_vectors(tmp_path, producer, "b.jsonl", hashes[200:], vectors[200:])
+    wanted = np.random.default_rng(1).permutation(300)
+    with duckdb.connect() as con:
+        rows = attributes.VectorRows(con, tmp_path, producer, [hashes[i] for i in wanted])
+        assert (rows.n, rows.dim) == (300, 8)
+        asked = np.array([5, 0, 299, 5, 150])
+        np.testing.assert_array_equal(rows.read(asked), vectors[wanted[asked]])
+        # storage order visits every position once, one chunk file after the other
+        order = rows.storage_order()
+        assert sorted(order) == list(range(300))
+        in_first_file = wanted[order] < 200
+        assert in_first_file[:200].all() and not in_first_file[200:].any()
+        subset = rows.take(np.array([7, 3]))
+        np.testing.assert_array_equal(subset.read(np.array([1, 0])), vectors[wanted[[3, 7]]])
+        with pytest.raises(MissingUpstream, match="1 documents have no embedding"):
+            attributes.VectorRows(con, tmp_path, producer, [hashes[0], "f" * 64])

@@ -25,7 +25,7 @@ from dselect_assets.assets.common import (
     write_atomically,
 )
 from dselect_assets.assets.scoring import resource_key
-from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, texts_for
+from dselect_assets.assets.shard_reader import MissingUpstream, embedding_rows, texts_for
 from dselect_assets.core import paper, report, samplers
 from dselect_assets.core.hashing import file_sha256, input_version as hashes_version
 from dselect_assets.core.hashing import producer_id as make_producer_id
@@ -294,11 +294,11 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: pa.Array, config: S
             fields["clusters"], assigned = selection_store.clusters_of(con, hashes)
         if not assigned.all():
             raise MissingUpstream("some eligible documents have no cluster; re-materialize clusters")
-        fields["embeddings"] = load_embeddings(store, producers["embedding"], hashes)
+        fields["embeddings"] = embedding_rows(store, producers["embedding"], hashes)
     rows = samplers.scorable_rows(len(hashes), **{k: fields.get(k) for k in ("density", "quality", "perplexity")})
     if rows.size == 0:
         raise MissingUpstream(f"none of the {len(hashes)} eligible documents has every score {sampler} needs")
-    scorable = {k: (v if k == "n" else v[rows]) for k, v in fields.items()}
+    scorable = {k: (v if k == "n" else v.take(rows) if k == "embeddings" else v[rows]) for k, v in fields.items()}
     scorable["n"] = rows.size
     return samplers.SamplerInputs(**scorable), producers, rows
 

@@ -54,3 +54,9 @@ def load_embeddings(store: DuckDBStore, producer_id: str, content_hashes) -> np.
     """Embeddings of the given documents, row i for content_hashes[i]; every one must exist."""
     with duckdb.connect() as con:
         return attributes.read_vectors(con, store.attributes, producer_id, content_hashes)
+
+
+def embedding_rows(store: DuckDBStore, producer_id: str, content_hashes) -> attributes.VectorRows:
+    """A reader of the given documents' embeddings (row i for content_hashes[i]), read when asked for."""
+    with duckdb.connect() as con:
+        return attributes.VectorRows(con, store.attributes, producer_id, content_hashes)

@@ -12,13 +12,43 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
 from dselect_assets.core import paper
 
 Sampler = Callable[["SamplerInputs", float, int], np.ndarray]
+
+
+class EmbeddingRows(Protocol):
+    """Embeddings read on demand, so a sampler never needs the whole corpus's vectors at once
+    (at 10M documents of 384 floats they are 15 GB). The store's reader is
+    store.attributes.VectorRows; an array in memory is wrapped in ArrayRows."""
+
+    n: int
+    dim: int
+
+    def read(self, positions: np.ndarray) -> np.ndarray: ...  # [len(positions), dim] float32, in that order
+    def storage_order(self) -> np.ndarray: ...  # every position, in the order cheapest to read
+    def take(self, rows: np.ndarray) -> EmbeddingRows: ...  # position i is position rows[i] of this
+
+
+class ArrayRows:
+    """EmbeddingRows over an array already in memory."""
+
+    def __init__(self, embeddings: np.ndarray):
+        self.array = embeddings
+        self.n, self.dim = embeddings.shape
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        return self.array[positions]
+
+    def storage_order(self) -> np.ndarray:
+        return np.arange(self.n)
+
+    def take(self, rows: np.ndarray) -> ArrayRows:
+        return ArrayRows(self.array[rows])
 
 
 @dataclass
@@ -54,11 +84,13 @@ class SamplerInputs:
             if bad.size:
                 raise ValueError(f"{name} of row {int(bad[0])} is not finite ({value[bad[0]]}); {bad.size} such rows")
             setattr(self, name, value)
-        if self.embeddings is not None:
+        if self.embeddings is not None and not hasattr(self.embeddings, "read"):
             emb = np.asarray(self.embeddings, dtype=np.float32)
             if emb.ndim != 2 or emb.shape[0] != self.n:
                 raise ValueError(f"embeddings must have shape [{self.n}, dim], got {list(emb.shape)}")
-            self.embeddings = emb
+            self.embeddings = ArrayRows(emb)
+        if self.embeddings is not None and self.embeddings.n != self.n:
+            raise ValueError(f"embeddings must have {self.n} rows, got {self.embeddings.n}")
         if self.clusters is not None:
             clusters = np.asarray(self.clusters)
             if clusters.shape != (self.n,) or not np.issubdtype(clusters.dtype, np.integer):
@@ -193,12 +225,25 @@ def ask_llm_density_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np
     return np.sort(pool[_gumbel_top(-np.log(density[pool]), k, rng)])
 
 
-ROW_BLOCK = 65536  # rows per step where a whole-corpus temporary would cost a copy of the embeddings
+ROW_BLOCK = 65536  # rows read per step when every embedding is visited
+GROUP_ROWS = 65536  # SemDeDup reads whole clusters, about this many rows at a time (100 MB at 384-d)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    """x scaled to unit rows, in place, 4,096 rows at a time (np.linalg.norm of all of x at once
+    would allocate a temporary the size of x)."""
+    for start in range(0, len(x), 4096):
+        rows = x[start: start + 4096]
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def _blocks(rows: EmbeddingRows):
+    """(positions, vectors) covering every row once, ROW_BLOCK rows at a time, in storage order."""
+    order = rows.storage_order()
+    for start in range(0, rows.n, ROW_BLOCK):
+        positions = order[start: start + ROW_BLOCK]
+        yield positions, rows.read(positions)
 
 
 def _cluster_centroids(inputs: SamplerInputs) -> np.ndarray:
@@ -210,11 +255,27 @@ def _cluster_centroids(inputs: SamplerInputs) -> np.ndarray:
                 f"got shape {list(inputs.centroids.shape)}"
             )
         return inputs.centroids
-    sums = np.zeros((n_clusters, inputs.embeddings.shape[1]), dtype=np.float64)
-    for start in range(0, inputs.n, ROW_BLOCK):  # in blocks: np.add.at would copy all rows to float64
-        np.add.at(sums, inputs.clusters[start: start + ROW_BLOCK], inputs.embeddings[start: start + ROW_BLOCK])
+    sums = np.zeros((n_clusters, inputs.embeddings.dim), dtype=np.float64)
+    for positions, vectors in _blocks(inputs.embeddings):
+        ids = inputs.clusters[positions]
+        by_cluster = np.argsort(ids, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(ids[by_cluster]) != 0])
+        sums[ids[by_cluster[starts]]] += np.add.reduceat(vectors[by_cluster].astype(np.float64), starts, axis=0)
     sizes = np.bincount(inputs.clusters, minlength=n_clusters)
     return (sums / np.maximum(sizes, 1)[:, None]).astype(np.float32)
+
+
+def _cluster_groups(sorted_clusters: np.ndarray):
+    """(start, stop) of runs of whole clusters in `sorted_clusters`, each about GROUP_ROWS rows
+    (a larger cluster is a group of its own), and each group's cluster starts."""
+    starts = np.flatnonzero(np.r_[True, np.diff(sorted_clusters) != 0])
+    stops = np.r_[starts[1:], len(sorted_clusters)]
+    first = 0
+    while first < len(starts):
+        last = first + max(1, int(np.searchsorted(stops[first:], starts[first] + GROUP_ROWS, side="right")))
+        last = min(last, len(starts))
+        yield starts[first], stops[last - 1], list(zip(starts[first:last], stops[first:last]))
+        first = last
 
 
 def semdedup_max_similarity(inputs: SamplerInputs, block: int = 1024) -> np.ndarray:
@@ -227,24 +288,25 @@ def semdedup_max_similarity(inputs: SamplerInputs, block: int = 1024) -> np.ndar
     """
     inputs.need("semdedup", "embeddings", "clusters")
     centroids = _cluster_centroids(inputs)
-    # Row blocks and one cluster's unit vectors at a time: no temporary the size of the embeddings.
-    to_centroid = np.concatenate([
-        np.linalg.norm(inputs.embeddings[i: i + ROW_BLOCK] - centroids[inputs.clusters[i: i + ROW_BLOCK]], axis=1)
-        for i in range(0, inputs.n, ROW_BLOCK)
-    ])
+    to_centroid = np.empty(inputs.n)
+    for positions, vectors in _blocks(inputs.embeddings):
+        to_centroid[positions] = np.linalg.norm(vectors - centroids[inputs.clusters[positions]], axis=1)
     best = np.full(inputs.n, -np.inf)
     order = np.lexsort((np.arange(inputs.n), -to_centroid, inputs.clusters))
-    starts = np.flatnonzero(np.r_[True, np.diff(inputs.clusters[order]) != 0])
-    for start, stop in zip(starts, np.r_[starts[1:], inputs.n]):
-        members = order[start:stop]
-        vectors = _unit_rows(inputs.embeddings[members])
-        for col in range(1, len(members), block):
-            cols = slice(col, min(col + block, len(members)))
-            # similarities of block columns j to all earlier rows i < j
-            sims = vectors[: cols.stop] @ vectors[cols].T
-            earlier = np.arange(cols.stop)[:, None] < np.arange(cols.start, cols.stop)[None, :]
-            sims[~earlier] = -np.inf
-            best[members[cols]] = sims.max(axis=0)
+    del to_centroid
+    # Whole clusters a group at a time: memory follows the group, not the corpus.
+    for group_start, group_stop, clusters in _cluster_groups(inputs.clusters[order]):
+        vectors = _unit_rows(inputs.embeddings.read(order[group_start:group_stop]))
+        for start, stop in clusters:
+            members = order[start:stop]
+            mine = vectors[start - group_start: stop - group_start]
+            for col in range(1, len(members), block):
+                cols = slice(col, min(col + block, len(members)))
+                # similarities of block columns j to all earlier rows i < j
+                sims = mine[: cols.stop] @ mine[cols].T
+                earlier = np.arange(cols.stop)[:, None] < np.arange(cols.start, cols.stop)[None, :]
+                sims[~earlier] = -np.inf
+                best[members[cols]] = sims.max(axis=0)
     return best
 
 
@@ -268,10 +330,11 @@ def nearest_centroid_distance(inputs: SamplerInputs, block: int = 4096) -> np.nd
     centroids = _cluster_centroids(inputs).astype(np.float64)
     squared_norms = (centroids**2).sum(axis=1)
     nearest = np.empty(inputs.n)
-    for start in range(0, inputs.n, block):
-        x = inputs.embeddings[start : start + block].astype(np.float64)
-        squared = (x**2).sum(axis=1, keepdims=True) - 2.0 * x @ centroids.T + squared_norms
-        nearest[start : start + block] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+    for positions, vectors in _blocks(inputs.embeddings):
+        for start in range(0, len(positions), block):
+            x = vectors[start: start + block].astype(np.float64)
+            squared = (x**2).sum(axis=1, keepdims=True) - 2.0 * x @ centroids.T + squared_norms
+            nearest[positions[start: start + block]] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
     return nearest
 
 

@@ -253,41 +253,73 @@ def _vector_block(hash_file: str) -> np.ndarray:
         ) from exc
 
 
-def read_vectors(con: duckdb.DuckDBPyConnection, root: Path, producer: str, hex_hashes) -> np.ndarray:
-    """Embeddings of the given documents, row i for hex_hashes[i]; every one must exist.
+class VectorRows:
+    """The embeddings of given documents, read on demand: row i is hex_hashes[i]'s vector.
 
-    DuckDB finds where each vector is (hash file, row) from the hash files; the rows are then
-    taken from each chunk's .npy (memory-mapped), one file at a time.
+    DuckDB locates every vector (hash file, row) once; `read` then takes only the rows asked for
+    from each chunk's .npy, memory-mapped one file at a time, so a corpus's embeddings are never
+    resident together (samplers read them a block or a cluster at a time).
     """
-    n = len(hex_hashes)
-    if n == 0:
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, root: Path, producer: str, hex_hashes):
+        self.n = len(hex_hashes)
+        pattern = producer_glob(root, producer)
+        self._files = sorted(glob.glob(pattern, include_hidden=True)) if pattern else []
+        self._code = np.full(self.n, -1, dtype=np.int32)
+        self._row = np.zeros(self.n, dtype=np.int64)
+        if self._files and self.n:
+            wanted = _wanted(con, hex_hashes)
+            # Files by number, not by name: a name per document would cost more than its vector's location.
+            con.register("_vector_files", pa.table({"file": self._files, "code": np.arange(len(self._files), dtype=np.int32)}))
+            located = _query(con, f"SELECT w.position, f.code, a.file_row_number AS row FROM {wanted} w"
+                                  " JOIN read_parquet(?, filename = true, file_row_number = true) a ON a.hash = w.key"
+                                  " JOIN _vector_files f ON f.file = a.filename",
+                             [self._files], "embedding", producer)
+            con.unregister("_vector_files")
+            positions = located["position"].to_numpy()
+            self._code[positions] = located["code"].to_numpy()
+            self._row[positions] = located["row"].to_numpy()
+        missing = np.flatnonzero(self._code < 0)
+        if missing.size:
+            first = as_strings(hex_hashes)[int(missing[0])].as_py()
+            raise MissingUpstream(
+                f"{missing.size} documents have no embedding from {producer} (e.g. {first}); "
+                "materialize the embeddings asset for every shard first"
+            )
+        self.dim = _vector_block(self._files[0]).shape[1] if self.n else 0
+
+    def storage_order(self) -> np.ndarray:
+        """Every position, ordered as the vectors lie on disk: reading in this order reads each file once, in order."""
+        return np.lexsort((self._row, self._code))
+
+    def read(self, positions) -> np.ndarray:
+        """The vectors of `positions`, in that order."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        codes, rows = self._code[positions], self._row[positions]
+        by_file = np.lexsort((rows, codes))
+        bounds = np.flatnonzero(np.r_[True, np.diff(codes[by_file]) != 0, True])
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            mine = by_file[start:stop]
+            block = _vector_block(self._files[codes[mine[0]]])
+            out[mine] = block[rows[mine]]
+            del block  # unmapped before the next file is opened
+        return out
+
+    def take(self, rows) -> VectorRows:
+        """The same reader over a subset: position i of the result is position rows[i] of this one."""
+        subset = object.__new__(VectorRows)
+        subset.n, subset.dim, subset._files = len(rows), self.dim, self._files
+        subset._code, subset._row = self._code[rows], self._row[rows]
+        return subset
+
+
+def read_vectors(con: duckdb.DuckDBPyConnection, root: Path, producer: str, hex_hashes) -> np.ndarray:
+    """Embeddings of the given documents, row i for hex_hashes[i]; every one must exist."""
+    if len(hex_hashes) == 0:
         return np.empty((0, 0), dtype=np.float32)
-    files = producer_glob(root, producer)
-    found = np.zeros(n, dtype=bool)
-    located = None
-    if files is not None:
-        wanted = _wanted(con, hex_hashes)
-        located = _query(con, f"SELECT w.position, a.filename AS file, a.file_row_number AS row FROM {wanted} w"
-                              " JOIN read_parquet(?, filename = true, file_row_number = true) a ON a.hash = w.key",
-                         [files], "embedding", producer)
-        found[located["position"].to_numpy()] = True
-    if not found.all():
-        first = as_strings(hex_hashes)[int(np.flatnonzero(~found)[0])].as_py()
-        raise MissingUpstream(
-            f"{int((~found).sum())} documents have no embedding from {producer} (e.g. {first}); "
-            "materialize the embeddings asset for every shard first"
-        )
-    out: np.ndarray | None = None
-    positions, rows = located["position"].to_numpy(), located["row"].to_numpy()
-    file_column = located["file"].combine_chunks().dictionary_encode()
-    codes = file_column.indices.to_numpy()
-    for code, path in enumerate(file_column.dictionary.to_pylist()):
-        block = _vector_block(path)
-        if out is None:
-            out = np.empty((n, block.shape[1]), dtype=np.float32)
-        mine = codes == code
-        out[positions[mine]] = block[rows[mine]]
-    return out
+    rows = VectorRows(con, root, producer, hex_hashes)
+    return rows.read(np.arange(rows.n))
 
 
 def _literal(text: str) -> str:

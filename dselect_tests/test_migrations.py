@@ -66,6 +66,16 @@ def old_store(tmp_path):
     return database, before
 
 
+def test_migration_010_drops_the_content_hash_index_that_made_ingest_quadratic(tmp_path):
+    database, _ = old_store(tmp_path)
+    indexes = "SELECT index_name FROM duckdb_indexes() WHERE table_name = 'documents'"
+    with duckdb.connect(str(database)) as con:
+        assert con.execute(indexes).fetchall() == [("documents_by_hash",)]
+    with store_module.connect(database) as con:
+        assert con.execute(indexes).fetchall() == []
+        assert 10 in [v for (v,) in con.execute("SELECT version FROM schema_version").fetchall()]
+
+
 def test_migration_turns_the_contents_view_into_a_table_with_the_same_rows(tmp_path):
     database, before = old_store(tmp_path)
     with store_module.connect(database) as con:

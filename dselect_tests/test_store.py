@@ -154,3 +154,19 @@ def test_vector_rows_read_the_positions_asked_for_across_chunk_files(tmp_path):
         np.testing.assert_array_equal(subset.read(np.array([1, 0])), vectors[wanted[[3, 7]]])
         with pytest.raises(MissingUpstream, match="1 documents have no embedding"):
             attributes.VectorRows(con, tmp_path, producer, [hashes[0], "f" * 64])
+
+
+def test_validation_split_is_the_hashes_below_the_fraction_of_32_bits(tmp_path):
+    import hashlib
+
+    from dselect_assets.store import selections
+
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(2000)]
+    with store.connect(tmp_path / "s.duckdb") as con:
+        con.executemany("INSERT INTO contents VALUES (?, 'a.jsonl', ?, ?, 10, 1)",
+                        [[h, i, f"doc-{i}"] for i, h in enumerate(hashes)])
+        for fraction in (0.0, 0.1, 0.5, 1.0):
+            split = selections.validation_split(con, fraction)
+            expected = sorted(h for h in hashes if int(h[:8], 16) < int(fraction * 2**32))
+            assert split["content_hash"].to_pylist() == expected
+            assert split["doc_id"].to_pylist() == [f"doc-{hashes.index(h)}" for h in expected]

@@ -140,12 +140,6 @@ class EvalSetsConfig(dg.Config):
     high_quality_path: str = ""  # default: $DSELECT_HOME/eval/high_quality.jsonl
 
 
-def in_validation_split(hashes: pl.Series, fraction: float) -> pl.Series:
-    """A fixed split by hash: a document never changes side as the corpus grows."""
-    bucket = hashes.str.slice(0, 8).str.to_integer(base=16)
-    return bucket < int(fraction * 2**32)
-
-
 @dg.asset(
     pool=CATALOGUE_POOL,
     deps=["documents"],
@@ -160,8 +154,7 @@ def eval_sets(
     context: dg.AssetExecutionContext, config: EvalSetsConfig, store: DuckDBStore, paths: DataPaths
 ) -> dg.MaterializeResult:
     with store.connect(read_only=True) as con:
-        contents = pl.from_arrow(selection_store.contents_ids(con))
-    validation = contents.filter(in_validation_split(contents["content_hash"], config.validation_fraction))
+        validation = pl.from_arrow(selection_store.validation_split(con, config.validation_fraction))
     validation = validation.join(texts_for(store, validation["content_hash"].to_list()), on="content_hash")
 
     hq_path = Path(config.high_quality_path) if config.high_quality_path else paths.root / "eval" / "high_quality.jsonl"

@@ -42,9 +42,13 @@ def eligible_hashes(con: duckdb.DuckDBPyConnection) -> pa.Array:
     return hashes.take(pc.sort_indices(hashes))
 
 
-def contents_ids(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """content_hash and first-occurrence doc_id of every distinct text, sorted by hash."""
-    return con.sql("SELECT content_hash, doc_id FROM contents ORDER BY content_hash").to_arrow_table()
+def validation_split(con: duckdb.DuckDBPyConnection, fraction: float) -> pa.Table:
+    """content_hash and first-occurrence doc_id of the texts in the fixed validation split, sorted by
+    hash: those whose hash's first 32 bits are below fraction * 2**32, so a text never changes side
+    as the corpus grows (filtered here: the corpus's hashes never leave DuckDB)."""
+    return con.sql("SELECT content_hash, doc_id FROM contents"
+                   " WHERE ('0x' || left(content_hash, 8))::UBIGINT < ? ORDER BY content_hash",
+                   params=[int(fraction * 2**32)]).to_arrow_table()
 
 
 def locate_texts(con: duckdb.DuckDBPyConnection, hex_hashes) -> pa.Table:

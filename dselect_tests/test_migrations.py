@@ -246,3 +246,26 @@ def test_migration_009_refuses_to_drop_members_that_no_export_lists(tmp_path):
     (tmp_path / "selection-s1.parquet").unlink()
     with pytest.raises(RuntimeError, match="selection:s1: its export .* is missing"):
         store_module.apply_migrations(duckdb.connect(str(database)), attributes_dir=tmp_path / "attributes")
+
+
+def test_migration_011_moves_cluster_assignments_to_the_clusterings_attribute_file(tmp_path):
+    import hashlib
+
+    from dselect_assets.store import selections as selection_store
+
+    database = tmp_path / "home" / "dselect.duckdb"
+    database.parent.mkdir()
+    con = schema_before(tmp_path, 11, database)
+    hashes = [hashlib.sha256(t.encode()).hexdigest() for t in ("alpha", "beta", "gamma")]
+    clustering = "kmeans:eeeeeeeeeeeeeeee"
+    con.execute("INSERT INTO producers VALUES (?, 'clusters', ?, now())", [clustering, '{"embedder": "embedding:d"}'])
+    con.executemany("INSERT INTO cluster_assignments VALUES (?, ?, ?, ?)",
+                    [(h, clustering, cluster, 0.5 * cluster) for h, cluster in zip(hashes, (2, 0, 2))])
+    con.close()
+    with store_module.connect(database) as con:
+        assert not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'cluster_assignments'"
+                               ).fetchall()
+        assert selection_store.current_clustering(con) == (clustering, "embedding:d")
+    cluster, assigned = selection_store.clusters_of(database.parent / "attributes", clustering,
+                                                    [hashes[2], "f" * 64, hashes[0], hashes[1]])
+    assert cluster.tolist() == [2, -1, 2, 0] and assigned.tolist() == [True, False, True, True]

@@ -13,6 +13,7 @@ the stored embeddings before merging, which keeps it equal to a from-scratch bui
 
 
 import hashlib
+import shutil
 
 import dagster as dg
 import numpy as np
@@ -28,7 +29,8 @@ from dselect_assets.core.shard_keys import validate_shard_key
 from dselect_assets.core.hashing import hash_set_digest, input_version
 from dselect_assets.core.hashing import producer_id as make_producer_id
 from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
-from dselect_assets.store import attributes, coverage
+from dselect_assets.store import attributes, catalogue, coverage
+from dselect_assets.store import selections as selection_store
 
 
 COVERAGE_VERSION = "1"
@@ -246,9 +248,9 @@ class ClusterConfig(dg.Config):
     group_name="coverage",
     code_version=COVERAGE_VERSION,
     automation_condition=eager_after_checks(),
-    kinds={"duckdb"},
+    kinds={"parquet"},
     description="faiss k-means (trained on a seeded sample, assigned shard by shard) over the embeddings; "
-    "each document's cluster and distance to its centroid "
+    "each document's cluster and distance to its centroid, one attribute file per clustering "
     "(used by SemDeDup and SSL Prototypes).",
 )
 def clusters(
@@ -269,23 +271,32 @@ def clusters(
     # k == n: every document is its own centroid (faiss would refuse to train).
     centroids = sample if k == n else clustering.fit_centroids(sample, k, seed=config.seed)
     del sample, hashes  # the shards' owned sets below cover the corpus again
-    parts = []
-    for shard in owners:
-        owned = first_occurrences(store, shard)
-        parts.append((owned, *clustering.assign(centroids, load_embeddings(store, embedding_producer, owned))))
-    assigned = pa.concat_arrays([p[0] for p in parts])
-    assignment, distance = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
     clustering_id = make_producer_id(
         "kmeans", embedder=embedding_producer, k=k, seed=config.seed,
         input_version=version,
     )
-    # Recorded as a producer so a selection can check the clusters match the embeddings it reads.
-    register_producer(store, clustering_id, "clusters", {"embedder": embedding_producer, "k": k,
-                                                         "seed": config.seed})
+    sizes = np.zeros(k, dtype=np.int64)
+
+    def shard_tables():
+        for shard in owners:
+            owned = first_occurrences(store, shard)
+            assignment, distance = clustering.assign(centroids, load_embeddings(store, embedding_producer, owned))
+            sizes[:] += np.bincount(assignment, minlength=k)
+            yield pa.table({"hash": attributes.hash_keys(owned), "cluster": pa.array(assignment.astype(np.int32)),
+                            "distance": pa.array(distance.astype(np.float64))})
+
+    with store.connect(read_only=True) as con:
+        previous = selection_store.current_clustering(con)
+    # One corpus-wide attribute file, written a shard at a time, then named the current clustering
+    # (resource "clusters"), so a selection checks the clusters match the embeddings it reads.
+    attributes.replace_corpus_wide(store.attributes, clustering_id, shard_tables())
+    register_producer(store, clustering_id, "clusters", {"embedder": embedding_producer, "k": k, "seed": config.seed},
+                      resource_as=catalogue.CLUSTERS_RESOURCE)
     with store.transaction() as con:
-        coverage.replace_cluster_assignments(con, clustering_id, assigned, assignment, distance)
         record_run(con, context, config.model_dump(), clustering_id, outputs={"k": k, "n": n})
-    sizes = np.bincount(assignment, minlength=k)
+    if previous is not None and previous[0] != clustering_id:
+        # One clustering at a time, as before; selections (same pool) read only the current one.
+        shutil.rmtree(attributes.producer_dir(store.attributes, previous[0]), ignore_errors=True)
     return dg.MaterializeResult(
         metadata={
             "documents": n,

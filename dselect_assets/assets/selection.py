@@ -284,7 +284,7 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: pa.Array, config: S
             if built_on != producers["embedding"]:
                 raise MissingUpstream(f"the clusters were built on other embeddings than {producers['embedding']}; "
                                       "re-materialize clusters with the embedder configured now")
-            fields["clusters"], assigned = selection_store.clusters_of(con, hashes)
+        fields["clusters"], assigned = selection_store.clusters_of(store.attributes, producers["clusters"], hashes)
         if not assigned.all():
             raise MissingUpstream("some eligible documents have no cluster; re-materialize clusters")
         fields["embeddings"] = embedding_rows(store, producers["embedding"], hashes)
@@ -426,6 +426,8 @@ def accounting_table(store: DuckDBStore, hashes: pa.Array, kept_idx: np.ndarray,
     is_kept[kept_idx] = True
     rows = []
     for kind, producer in producers.items():
+        if kind == "clusters":
+            continue
         try:
             values = score_column(store, producer, kind, hashes, ask_llm_value if kind == "ask_llm" else "value")
         except MissingUpstream:
@@ -434,7 +436,10 @@ def accounting_table(store: DuckDBStore, hashes: pa.Array, kept_idx: np.ndarray,
         rejected_mean = np.nanmean(values[~is_kept]) if (~is_kept).any() else float("nan")
         rows.append((kind, f"{kept_mean:.4g}", f"{rejected_mean:.4g}"))
     with store.connect(read_only=True) as con:
-        cluster, assigned = selection_store.clusters_of(con, hashes)
+        clustering = selection_store.current_clustering(con)
+    if clustering is None:
+        return markdown_table(["signal", "kept (mean)", "rejected (mean)"], rows)
+    cluster, assigned = selection_store.clusters_of(store.attributes, clustering[0], hashes)
     if assigned.any():
         covered = len(np.unique(cluster[assigned & is_kept]))
         rows.append(("clusters covered", f"{covered}/{len(np.unique(cluster[assigned]))}", ""))

@@ -46,7 +46,9 @@ VALUE_COLUMNS = {
     "perplexity": ("value", "problem"),
     "density": ("value",),
     "embedding": (),  # the vectors are in an .npy beside each hash file (write_vectors)
+    "kmeans": ("cluster", "distance"),  # one corpus-wide file per clustering (assets/density.py clusters)
 }
+NOT_SCORES = ("embedding", "kmeans")  # kinds the scores view leaves out
 _TYPES = {"value": pa.float64(), "value_norm": pa.float64(), "problem": pa.string()}
 
 
@@ -330,7 +332,7 @@ def scores_view_sql(root: Path) -> str:
     """A query listing every stored score as (content_hash key, producer_id, value, value_norm, problem)."""
     parts = []
     for producer in producers_on_disk(root):
-        if kind_of(producer) == "embedding":
+        if kind_of(producer) in NOT_SCORES:
             continue
         columns = VALUE_COLUMNS.get(kind_of(producer), ("value", "value_norm", "problem"))
         select = ", ".join(f"{c}" if c in columns else f"NULL::{'VARCHAR' if c == 'problem' else 'DOUBLE'} AS {c}"

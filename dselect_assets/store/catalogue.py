@@ -22,6 +22,8 @@ import duckdb
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.store.attributes import CATALOGUE_DIR
 
+CLUSTERS_RESOURCE = "clusters"  # the resource_producers row naming the clusters asset's last clustering
+
 
 def insert_producer(con: duckdb.DuckDBPyConnection, producer: str, kind: str, identity: dict,
                     resource_as: str = "", at: datetime | None = None) -> None:

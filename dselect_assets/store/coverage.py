@@ -51,17 +51,3 @@ def record_sketch(con: duckdb.DuckDBPyConnection, producer: str, shard: str, own
         "INSERT OR REPLACE INTO density_sketch_sets VALUES (?, ?, ?, ?, ?, ?, ?, now())",
         [producer, shard, owned_version, n_docs, sketch_file, sketch_sha256, run_id],
     )
-
-
-def replace_cluster_assignments(con: duckdb.DuckDBPyConnection, clustering_id: str, hashes: pa.Array,
-                                cluster: np.ndarray, distance: np.ndarray) -> None:
-    """The assignments of one clustering replace every earlier one (inside the caller's transaction)."""
-    con.execute("DELETE FROM cluster_assignments")
-    con.register("_assigned", pa.table({
-        "content_hash": hashes,
-        "cluster": pa.array(np.asarray(cluster, dtype=np.int32)),
-        "distance": pa.array(np.asarray(distance, dtype=np.float64)),
-    }))
-    con.execute("INSERT INTO cluster_assignments SELECT content_hash, ?, cluster, distance FROM _assigned",
-                [clustering_id])
-    con.unregister("_assigned")

@@ -12,6 +12,10 @@ pointer (store/documents.py), which scoring workers read instead of the `shards`
 already are the content_hash column of its Parquet export, so nothing is written; each recorded
 selection with members rows is checked against its export first, and a missing or different export
 stops the migration with what to do, rather than dropping the only record of the members.
+
+011 (sql/011_cluster_assignment_files.sql drops `cluster_assignments`): each clustering's rows
+become its corpus-wide attribute file (hash, cluster, distance), and the resource pointer
+`clusters` names it, as the clusters asset now leaves them.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
-from dselect_assets.store import attributes, documents
+from dselect_assets.store import attributes, catalogue, documents
 
 UNOWNED = ".migrated"
 
@@ -107,5 +112,17 @@ def check_members_in_exports(con: duckdb.DuckDBPyConnection, root: Path) -> None
                                f"differ in {differing} documents (the file changed after the selection); {what_to_do}")
 
 
+def move_cluster_assignments(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    if not _table_exists(con, "cluster_assignments"):
+        return
+    for (clustering_id,) in con.execute("SELECT DISTINCT clustering_id FROM cluster_assignments ORDER BY 1").fetchall():
+        table = con.sql(f"SELECT {attributes.key_sql('content_hash')} AS hash, cluster, distance"
+                        " FROM cluster_assignments WHERE clustering_id = ? ORDER BY hash", params=[clustering_id]
+                        ).to_arrow_table()
+        table = table.set_column(0, "hash", table["hash"].cast(pa.binary(attributes.HASH_BYTES)))
+        attributes.replace_corpus_wide(root, clustering_id, [table])
+        catalogue.insert_producer(con, clustering_id, "clusters", {}, resource_as=catalogue.CLUSTERS_RESOURCE)
+
+
 STEPS: dict[int, Callable[[duckdb.DuckDBPyConnection, Path], None]] = {
-    8: move_scores_and_embeddings, 9: check_members_in_exports}
+    8: move_scores_and_embeddings, 9: check_members_in_exports, 11: move_cluster_assignments}

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dselect_assets.core.hashing import sorted_hashes
-from dselect_assets.store import attributes
+from dselect_assets.store import attributes, catalogue
 from dselect_assets.store.connection import bound_memory
 
 
@@ -82,25 +82,18 @@ def held_out_count(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def current_clustering(con: duckdb.DuckDBPyConnection) -> tuple[str, str | None] | None:
-    """(clustering id, the embedding producer it was built on) of the stored assignments, or None."""
+    """(clustering id, the embedding producer it was built on) of the clusters asset's last clustering, or None."""
     rows = con.execute(
-        "SELECT a.clustering_id, json_extract_string(p.identity_json, '$.embedder')"
-        " FROM (SELECT clustering_id FROM cluster_assignments LIMIT 1) a"
-        " LEFT JOIN producers p ON p.producer_id = a.clustering_id"
-    ).fetchall()
+        "SELECT r.producer_id, json_extract_string(p.identity_json, '$.embedder') FROM resource_producers r"
+        " LEFT JOIN producers p USING (producer_id) WHERE r.resource = ?", [catalogue.CLUSTERS_RESOURCE]).fetchall()
     return rows[0] if rows else None
 
 
-def clusters_of(con: duckdb.DuckDBPyConnection, hex_hashes) -> tuple[np.ndarray, np.ndarray]:
-    """(cluster of each document, -1 where unassigned; whether it is assigned)."""
-    n = len(hex_hashes)
-    cluster, found = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=bool)
-    positions = _register_positions(con, hex_hashes)
-    rows = con.sql(f"SELECT w.position, a.cluster FROM {positions} w"
-                       " JOIN cluster_assignments a USING (content_hash)").to_arrow_table()
-    at = rows["position"].to_numpy()
-    cluster[at], found[at] = rows["cluster"].to_numpy(), True
-    return cluster, found
+def clusters_of(root: Path, clustering_id: str, hex_hashes) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster of each document, -1 where unassigned; whether it is assigned), from the clustering's file."""
+    with duckdb.connect() as con:
+        values, found = attributes.read_values(con, root, clustering_id, hex_hashes, "cluster")
+    return np.where(found, np.nan_to_num(values, nan=-1), -1).astype(np.int64), found
 
 
 def doc_ids(con: duckdb.DuckDBPyConnection, hex_hashes) -> pa.Array:

@@ -66,14 +66,16 @@ def old_store(tmp_path):
     return database, before
 
 
-def test_migration_010_drops_the_content_hash_index_that_made_ingest_quadratic(tmp_path):
-    database, _ = old_store(tmp_path)
+def test_migration_010_drops_the_content_hash_indexes_that_made_ingest_quadratic(tmp_path):
+    database, before = old_store(tmp_path)
     indexes = "SELECT index_name FROM duckdb_indexes() WHERE table_name = 'documents'"
+    keys = "SELECT constraint_type FROM duckdb_constraints() WHERE table_name = 'contents' AND constraint_type <> 'NOT NULL'"
     with duckdb.connect(str(database)) as con:
         assert con.execute(indexes).fetchall() == [("documents_by_hash",)]
     with store_module.connect(database) as con:
-        assert con.execute(indexes).fetchall() == []
+        assert con.execute(indexes).fetchall() == [] and con.execute(keys).fetchall() == []
         assert 10 in [v for (v,) in con.execute("SELECT version FROM schema_version").fetchall()]
+        assert con.execute("SELECT * FROM contents ORDER BY content_hash").fetchall() == before
 
 
 def test_migration_turns_the_contents_view_into_a_table_with_the_same_rows(tmp_path):

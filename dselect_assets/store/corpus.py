@@ -64,21 +64,37 @@ def update_owners(con: duckdb.DuckDBPyConnection, shard: str) -> None:
         f" EXCEPT SELECT content_hash FROM {_TOUCHED}",
         [shard],
     )
+    # A touched text `contents` does not list was held by no shard before: only `shard` holds it,
+    # and its rows there decide its owner. Only the texts `contents` lists need every shard's rows
+    # (a scan of all of `documents`), which a growing corpus's new shard mostly does not have.
+    # (IN builds its hash table on the touched texts, a shard's worth, and streams `contents` past it)
+    con.execute("CREATE OR REPLACE TEMP TABLE _known AS SELECT content_hash FROM contents"
+                f" WHERE content_hash IN (SELECT content_hash FROM {_TOUCHED})")
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _new_owners AS"
-        " SELECT content_hash, shard, row_number, doc_id, n_chars, occurrences FROM ("
-        "  SELECT d.content_hash, d.shard, d.row_number, d.doc_id, d.n_chars,"
-        "   count(*) OVER (PARTITION BY d.content_hash) AS occurrences,"
-        "   row_number() OVER (PARTITION BY d.content_hash ORDER BY"
-        "    (d.shard = c.shard) IS TRUE DESC, a.arrival NULLS LAST, d.shard, d.row_number) AS pick"
-        f"  FROM documents d JOIN {_TOUCHED} t ON t.content_hash = d.content_hash"
-        "  LEFT JOIN contents c ON c.content_hash = d.content_hash"
-        "  LEFT JOIN shard_arrivals a ON a.shard = d.shard"
-        " ) WHERE pick = 1"
+        " SELECT d.content_hash, d.shard, min(d.row_number) AS row_number, arg_min(d.doc_id, d.row_number) AS doc_id,"
+        "  arg_min(d.n_chars, d.row_number) AS n_chars, count(*) AS occurrences"
+        f" FROM documents d WHERE d.shard = ? AND d.content_hash NOT IN (SELECT content_hash FROM _known)"
+        " GROUP BY d.content_hash, d.shard",
+        [shard],
     )
-    con.execute(f"DELETE FROM contents WHERE content_hash IN (SELECT content_hash FROM {_TOUCHED})")
+    if con.execute("SELECT count(*) FROM _known").fetchone()[0]:
+        con.execute(
+            "INSERT INTO _new_owners"
+            " SELECT content_hash, shard, row_number, doc_id, n_chars, occurrences FROM ("
+            "  SELECT d.content_hash, d.shard, d.row_number, d.doc_id, d.n_chars,"
+            "   count(*) OVER (PARTITION BY d.content_hash) AS occurrences,"
+            "   row_number() OVER (PARTITION BY d.content_hash ORDER BY"
+            "    (d.shard = c.shard) IS TRUE DESC, a.arrival NULLS LAST, d.shard, d.row_number) AS pick"
+            "  FROM documents d JOIN _known k ON k.content_hash = d.content_hash"
+            "  LEFT JOIN contents c ON c.content_hash = d.content_hash"
+            "  LEFT JOIN shard_arrivals a ON a.shard = d.shard"
+            " ) WHERE pick = 1"
+        )
+        con.execute("DELETE FROM contents WHERE content_hash IN (SELECT content_hash FROM _known)")
     con.execute("INSERT INTO contents SELECT * FROM _new_owners")
     con.execute(f"DROP TABLE {_TOUCHED}")
+    con.execute("DROP TABLE _known")
     con.execute("DROP TABLE _new_owners")
 
 

@@ -182,3 +182,16 @@ def test_the_selection_export_is_assembled_the_same_from_shards_a_range_at_a_tim
     assert selection_frame(resources).equals(whole)
     assert whole["content_hash"].is_sorted() and whole["content_hash"].n_unique() == whole.height > 7 * 2
     assert {i: t for i, t in zip(whole["id"], whole["text"])} == {i: selected[i]["text"] for i in whole["id"]}
+
+
+def test_the_export_reads_the_selection_a_range_at_a_time_to_the_same_records(
+        selected, resources, instance, tmp_path, monkeypatch):
+    from dselect_assets.store import selections as selection_store
+
+    whole_dir, ranged_dir = tmp_path / "whole", tmp_path / "ranged"
+    assert export(instance, resources, {"format": "parquet", "out_dir": str(whole_dir)}).success
+    monkeypatch.setattr(selection_store, "EXPORT_RANGE_ROWS", 7)  # each range the small side of its joins
+    assert export(instance, resources, {"format": "parquet", "out_dir": str(ranged_dir)}).success
+    whole, ranged = list(read_export(whole_dir)), list(read_export(ranged_dir))
+    assert ranged == whole and len(whole) > 2 * 7
+    assert all(r["source"] == selected[r["id"]]["source"] for r in ranged)

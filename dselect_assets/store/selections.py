@@ -155,8 +155,11 @@ def _literal(value) -> str:
 def stage_export(con: duckdb.DuckDBPyConnection, selection_file: Path, staged: Path,
                  with_metadata: list[Path], spill_dir: Path) -> None:
     """Write to `staged` (Parquet) the selection's rows in its order, with each document's source
-    shard and, from the documents files in `with_metadata`, the metadata ingest carried. DuckDB
-    streams the join to disk, spilling to `spill_dir` past its memory limit."""
+    shard and, from the documents files in `with_metadata`, the metadata ingest carried.
+
+    A range of EXPORT_RANGE_ROWS rows at a time: one join of the whole selection with `contents`
+    ran out of DuckDB's memory limit at 10M documents (a 2M-row selection with its texts), while a
+    range is the small side of each join and only it is held."""
     bound_memory(con, spill_dir)
     if with_metadata:
         files = "[" + ", ".join(_literal(f) for f in with_metadata) + "]"
@@ -167,15 +170,26 @@ def stage_export(con: duckdb.DuckDBPyConnection, selection_file: Path, staged: P
         metadata = "m.metadata"
     else:  # shards ingested before metadata was carried
         metadata_join, metadata = "", "CAST(NULL AS VARCHAR)"
-    con.execute(
-        "COPY (SELECT e.id, e.text, c.shard AS source, "
-        f"{metadata} AS metadata, e.* EXCLUDE (id, text, file_row_number)"
-        f" FROM read_parquet({_literal(selection_file)}, file_row_number = true) e"
+    query = (
+        f"SELECT e.id, e.text, c.shard AS source, {metadata} AS metadata, e.* EXCLUDE (id, text, file_row_number)"
+        f" FROM (SELECT * FROM read_parquet({_literal(selection_file)}, file_row_number = true)"
+        "  WHERE file_row_number >= $1 AND file_row_number < $2) e"
         " LEFT JOIN contents c USING (content_hash)"
         " LEFT JOIN shards s ON s.shard = c.shard"
         f"{metadata_join}"
-        f" ORDER BY e.file_row_number) TO {_literal(staged)} (FORMAT parquet, COMPRESSION zstd)"
+        " ORDER BY e.file_row_number"
     )
+    n = pq.ParquetFile(selection_file).metadata.num_rows
+    writer = None
+    try:
+        for start in range(0, max(n, 1), EXPORT_RANGE_ROWS):
+            rows = con.sql(query, params=[start, min(start + EXPORT_RANGE_ROWS, n)]).to_arrow_table()
+            if writer is None:
+                writer = pq.ParquetWriter(staged, rows.schema, compression="zstd")
+            writer.write_table(rows)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 EXPORT_BATCH_ROWS = 8192

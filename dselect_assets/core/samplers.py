@@ -300,13 +300,16 @@ def semdedup_max_similarity(inputs: SamplerInputs, block: int = 1024) -> np.ndar
         for start, stop in clusters:
             members = order[start:stop]
             mine = vectors[start - group_start: stop - group_start]
-            for col in range(1, len(members), block):
+            for col in range(0, len(members), block):
                 cols = slice(col, min(col + block, len(members)))
-                # similarities of block columns j to all earlier rows i < j
-                sims = mine[: cols.stop] @ mine[cols].T
-                earlier = np.arange(cols.stop)[:, None] < np.arange(cols.start, cols.stop)[None, :]
-                sims[~earlier] = -np.inf
-                best[members[cols]] = sims.max(axis=0)
+                # Columns j of the block against every earlier row i < j: the rows before the block
+                # are all earlier, so only the block's own square needs the triangle masked.
+                square = mine[cols] @ mine[cols].T
+                square[np.tril_indices(len(square))] = -np.inf
+                top = square.max(axis=0)
+                if col:
+                    top = np.maximum(top, (mine[:col] @ mine[cols].T).max(axis=0))
+                best[members[cols]] = top
     return best
 
 

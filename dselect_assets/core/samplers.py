@@ -266,8 +266,8 @@ def _cluster_centroids(inputs: SamplerInputs) -> np.ndarray:
 
 
 def _cluster_groups(sorted_clusters: np.ndarray):
-    """(start, stop) of runs of whole clusters in `sorted_clusters`, each about GROUP_ROWS rows
-    (a larger cluster is a group of its own), and each group's cluster starts."""
+    """Groups of whole clusters in `sorted_clusters`, each about GROUP_ROWS rows (a larger
+    cluster is a group of its own): (group start, group stop, [(start, stop) of each cluster])."""
     starts = np.flatnonzero(np.r_[True, np.diff(sorted_clusters) != 0])
     stops = np.r_[starts[1:], len(sorted_clusters)]
     first = 0

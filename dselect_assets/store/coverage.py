@@ -4,7 +4,6 @@ say which owned set a shard's sketch counts, and the cluster assignments."""
 from __future__ import annotations
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 

@@ -288,18 +288,19 @@ def semdedup_max_similarity(inputs: SamplerInputs, block: int = 1024) -> np.ndar
     """
     inputs.need("semdedup", "embeddings", "clusters")
     centroids = _cluster_centroids(inputs)
-    to_centroid = np.empty(inputs.n)
-    for positions, vectors in _blocks(inputs.embeddings):
-        to_centroid[positions] = np.linalg.norm(vectors - centroids[inputs.clusters[positions]], axis=1)
     best = np.full(inputs.n, -np.inf)
-    order = np.lexsort((np.arange(inputs.n), -to_centroid, inputs.clusters))
-    del to_centroid
-    # Whole clusters a group at a time: memory follows the group, not the corpus.
+    order = np.argsort(inputs.clusters, kind="stable")  # by cluster, then index
+    # Whole clusters a group at a time: memory follows the group, not the corpus, and each
+    # vector is read once here (its distance to the centroid from the same read).
     for group_start, group_stop, clusters in _cluster_groups(inputs.clusters[order]):
-        vectors = _unit_rows(inputs.embeddings.read(order[group_start:group_stop]))
+        positions = order[group_start:group_stop]
+        vectors = inputs.embeddings.read(positions)
+        to_centroid = np.linalg.norm(vectors - centroids[inputs.clusters[positions]], axis=1)
+        vectors = _unit_rows(vectors)
         for start, stop in clusters:
-            members = order[start:stop]
-            mine = vectors[start - group_start: stop - group_start]
+            rows = slice(start - group_start, stop - group_start)
+            within = np.lexsort((positions[rows], -to_centroid[rows]))  # farthest first, ties by index
+            members, mine = positions[rows][within], vectors[rows][within]
             for col in range(0, len(members), block):
                 cols = slice(col, min(col + block, len(members)))
                 # Columns j of the block against every earlier row i < j: the rows before the block

@@ -146,7 +146,7 @@ def _resources(home: Path, corpus: Path) -> dict:
 def write_inputs(resources: dict, shard_names: list[str]) -> int:
     """Seeded embeddings, Ask-LLM and perplexity scores for every document, through the writers
     the scoring assets use, under producers registered as the default resources' results."""
-    from dselect_assets.assets.scoring import register_producer, resource_key
+    from dselect_assets.assets.scoring import perplexity_key, register_producer, resource_key
     from dselect_assets.assets.shard_reader import shard_texts
     from dselect_assets.core.hashing import producer_id as make_producer_id
     from dselect_assets.store import attributes
@@ -155,8 +155,11 @@ def write_inputs(resources: dict, shard_names: list[str]) -> int:
     identities = {kind: {"model": f"synthetic:{kind}", "seed": SEED} for kind in ("ask_llm", "perplexity")}
     identities["embedding"] = SyntheticEmbedder.identity
     producers = {kind: make_producer_id(kind, **identity) for kind, identity in identities.items()}
-    for kind, resource in (("embedding", "embedder"), ("ask_llm", "judge"), ("perplexity", "perplexity_lm")):
-        register_producer(store, producers[kind], kind, identities[kind], resource_key(kind, resources[resource]))
+    keys = {"embedding": resource_key("embedding", resources["embedder"]),
+            "ask_llm": resource_key("ask_llm", resources["judge"]),
+            "perplexity": perplexity_key(resources["perplexity_lm"], resources["judge"])}
+    for kind, key in keys.items():
+        register_producer(store, producers[kind], kind, identities[kind], key)
     centres = np.random.default_rng([SEED, 3]).normal(size=(CENTRES, DIM))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     n = 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dselect_assets.assets import corpus, distill, scoring, selection
-from dselect_assets.assets.scoring import resource_key
+from dselect_assets.assets.scoring import perplexity_key, resource_key
 from dselect_assets.core import distill as core
 from dselect_assets.core import samplers
 from dselect_assets.core.models import ModelLoadError
@@ -382,7 +382,7 @@ def test_probe_fits_on_judged_sample_and_a_new_shard_needs_no_judge(source, tmp_
 
     # The distilled samplers rank by these scores; ask_llm_topk still reads the judge's own.
     sources = selection.ScoreSources(resource_key("ask_llm", resources["judge"]),
-                                     resource_key("perplexity", resources["perplexity_lm"]),
+                                     perplexity_key(resources["perplexity_lm"], resources["judge"]),
                                      resource_key("embedding", resources["embedder"]))
     hashes = sorted(r[0] for r in store.query("SELECT content_hash FROM contents"))
     config = selection.SelectionConfig()

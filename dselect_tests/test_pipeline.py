@@ -63,6 +63,9 @@ def test_pipeline_end_to_end_and_growth(source, tmp_path, instance):
     for shard in ("a.jsonl", "b.jsonl"):
         first = run_shard(instance, resources, shard)
         assert materialization_metadata(first, "ask_llm_scores")["scored_now"] > 0
+        # The judge's pass wrote the perplexity filter's numbers: its own asset had nothing left to do.
+        perplexity = materialization_metadata(first, "perplexity_scores")
+        assert perplexity["scored_now"] == 0 and perplexity["reused_from_cache"] == perplexity["documents"] > 0
     distinct = count(resources, "SELECT count(*) FROM contents")
     assert count(resources, "SELECT count(*) FROM scores s JOIN producers p USING (producer_id) WHERE p.kind='ask_llm'") == distinct
     again = run_shard(instance, resources, "a.jsonl")

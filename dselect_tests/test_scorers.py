@@ -373,6 +373,43 @@ def test_perplexity_natural_beats_shuffled(lm):
     np.testing.assert_allclose(nll[[0, 4]], single, atol=1e-4)
 
 
+def _reference_doc_nll(judge: AskLLMJudge, text: str, tokens: int) -> float:
+    """Mean NLL of the document's first `tokens` tokens from a plain full forward pass over
+    the whole prompt (no prefix cache, no padding, every position's logits)."""
+    doc = judge.doc_ids([text])[0]
+    ids = judge.parts.prefix_ids + doc + judge.parts.suffix_ids
+    with torch.no_grad():
+        log_probs = torch.log_softmax(judge.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    start = len(judge.parts.prefix_ids)
+    n = min(tokens, len(doc))
+    return -float(np.mean([log_probs[start + i - 1, doc[i]].item() for i in range(n)]))
+
+
+def test_judge_document_nll_comes_with_unchanged_answers(judge, judged):
+    """One left-padded, prefix-cached pass gives the judge's answer columns unchanged and each
+    document's NLL as a plain forward pass computes it, also for documents shorter than the cut."""
+    texts = [*JUDGED, "Hi", ""]
+    fused = judge.score_with_doc_nll(texts, 12)
+    assert fused.shape == (len(texts), 3)
+    np.testing.assert_array_equal(fused[:, :2], judge.score(texts))  # the same batches, the same numbers
+    for i, text in enumerate(texts[:4]):
+        assert fused[i, 2] == pytest.approx(_reference_doc_nll(judge, text, 12), abs=1e-3)
+    assert np.isnan(fused[4]).all()
+    shuffled = " ".join(random.Random(0).sample(NATURAL[0].split(), len(NATURAL[0].split())))
+    natural, scrambled = judge.score_with_doc_nll([NATURAL[0], shuffled], 40)[:, 2]
+    assert natural < scrambled
+    assert judge.doc_nll_identity(12) != judge.doc_nll_identity(40)
+
+
+def test_document_nll_needs_the_cached_prefix(judge):
+    judge.reuse_prefix_cache = False
+    try:
+        with pytest.raises(ValueError, match="prefix"):
+            judge.score_with_doc_nll(JUDGED, 12)
+    finally:
+        judge.reuse_prefix_cache = True
+
+
 def test_perplexity_short_documents_are_nan(lm):
     scores = lm.score(["", "Hi", NATURAL[0]])
     assert np.isnan(scores[0]) and np.isnan(scores[1])

@@ -21,7 +21,7 @@ def ingest(instance, resources, corpus_dir, name, records):
 
 @pytest.mark.parametrize("resource_key,resource", [
     ("judge", AskLLMJudgeResource(model_path="/nonexistent/judge-model")),
-    ("perplexity_lm", PerplexityLMResource(model_path="/nonexistent/lm.gguf")),
+    ("perplexity_lm", PerplexityLMResource(source="model", model_path="/nonexistent/lm.gguf")),
 ])
 def test_missing_model_fails_with_its_path_and_keeps_earlier_scores(workspace, instance, resource_key, resource):
     home, corpus_dir = workspace

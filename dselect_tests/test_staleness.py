@@ -15,7 +15,7 @@ from dagster._time import get_current_datetime
 
 from dselect_assets.assets import corpus, scoring, training
 from dselect_assets.definitions import defs
-from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource, PerplexityLMResource
+from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, EmbedderResource, PerplexityLMResource
 
 SHARD = "a.jsonl"
 DOCUMENTS = dg.AssetKey("documents")
@@ -72,6 +72,7 @@ def shard(workspace, instance):
         "paths": DataPaths(home=str(home), corpus_dir=str(corpus_dir)),
         "store": DuckDBStore(database=str(home / "dselect.duckdb")),
         "embedder": EmbedderResource(max_length=64),
+        "judge": AskLLMJudgeResource(max_doc_tokens=48),
         "perplexity_lm": PerplexityLMResource(max_tokens=32, batch_size=8),
     })
 

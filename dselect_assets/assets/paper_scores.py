@@ -28,7 +28,7 @@ def stand_in_resource(stand_in: paper.StandIn) -> AskLLMJudgeResource | Perplexi
         raise dg.Failure(f"{stand_in.name} (stand-in for {'; '.join(stand_in.paper)}): {exc}") from exc
     if stand_in.signal == "ask_llm":
         return AskLLMJudgeResource(model_path=str(spec.weights_path))
-    return PerplexityLMResource(model_path=str(spec.weights_path))
+    return PerplexityLMResource(source="model", model_path=str(spec.weights_path))
 
 
 def stand_in_sources(sampler: str, sources):

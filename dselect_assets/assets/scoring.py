@@ -57,9 +57,11 @@ def scored_data_version(producer: str, content_hashes) -> dg.DataVersion:
     return dg.DataVersion(f"{producer}:{digest.hexdigest()}")
 
 
-def load_model(resource):
+def load_model(resource, judge: AskLLMJudgeResource | None = None):
+    """resource.load() (resource.load_with(judge) for the perplexity LM), a model-load problem
+    as a dg.Failure that says what it was."""
     try:
-        return resource.load()
+        return resource.load() if judge is None else resource.load_with(judge)
     except ModelLoadError as exc:
         raise dg.Failure(description=f"model could not be loaded: {exc}") from exc
 
@@ -72,6 +74,15 @@ def resource_key(kind: str, resource) -> str:
     """Names a configured resource by the settings that change its results (not batch size)."""
     settings = {k: v for k, v in resource.model_dump().items() if k not in _SPEED_ONLY_SETTINGS}
     return make_producer_id(kind, resource=type(resource).__name__, **settings)
+
+
+def perplexity_key(perplexity_lm: PerplexityLMResource, judge: AskLLMJudgeResource) -> str:
+    """resource_key of the perplexity filter's scorer: with source "judge" it is the judge's
+    model and prompt, so the judge's settings are part of what names it."""
+    key = resource_key("perplexity", perplexity_lm)
+    if perplexity_lm.source == "judge":
+        key = make_producer_id("perplexity", resource=key, judge=resource_key("ask_llm", judge))
+    return key
 
 
 def register_producer(store: DuckDBStore, producer: str, kind: str, identity: dict, resource_as: str = "") -> None:
@@ -178,22 +189,37 @@ def _score_shard(
     probe_column: str = "value",
     probe_sign: float = 1.0,
     resource_as: str = "",
+    side_output: str = "",
 ) -> dg.MaterializeResult:
-    """Shared body of the score assets: value (and value_norm) per missing document."""
+    """Shared body of the score assets: value (and value_norm) per missing document.
+
+    With `side_output` (a producer id), score_fn returns a third column that is that producer's
+    value for the same documents (the judge's document NLL for the perplexity filter): it is
+    written beside the main result, for the documents that producer lacks."""
     shard = validate_shard_key(context.partition_key)
     producer = make_producer_id(kind, **scorer.identity)
     docs = shard_texts(paths, shard)
     todo = missing_documents(store, docs, producer)
+    side_lacks = set(missing_documents(store, todo, side_output)["content_hash"]) if side_output else set()
 
     def commit(chunk: pl.DataFrame, progress: Progress) -> None:
         values = np.asarray(score_fn(chunk["text"].to_list(), progress), dtype=np.float64)
         value = values[:, 0] if values.ndim == 2 else values
         norm = values[:, 1] if values.ndim == 2 else None
+        hashes = chunk["content_hash"].to_list()
+        # The side output first: a kill between the two writes leaves it ahead, and the re-run,
+        # which redoes what the main producer lacks, then completes both without duplicates.
+        lacking = [i for i, h in enumerate(hashes) if h in side_lacks]
+        if lacking:
+            attributes.write_chunk(store.attributes, side_output, shard, attributes.score_table(
+                side_output, [hashes[i] for i in lacking], values[lacking, 2]))
         attributes.write_chunk(store.attributes, producer, shard,
-                               attributes.score_table(producer, chunk["content_hash"].to_list(), value, norm))
+                               attributes.score_table(producer, hashes, value, norm))
 
     run_in_chunks(context, todo, chunk_size, commit)
     attributes.compact(store.attributes, producer, shard)
+    if side_lacks:
+        attributes.compact(store.attributes, side_output, shard)
     value = shard_values(store, producer, docs["content_hash"])
     stats = {
         "documents": docs.height,
@@ -233,35 +259,49 @@ def ask_llm_scores(
     context: dg.AssetExecutionContext,
     config: ChunkConfig,
     judge: AskLLMJudgeResource,
+    perplexity_lm: PerplexityLMResource,
     store: DuckDBStore,
     paths: DataPaths,
 ) -> dg.MaterializeResult:
     scorer = load_model(judge)
-    return _score_shard(context, store, paths, "ask_llm", scorer, scorer.score, config.chunk_size,
+    score_fn, side_output = scorer.score, ""
+    if perplexity_lm.source == "judge":
+        # The perplexity filter's numbers come out of this pass (perplexity_scores follows it).
+        doc_nll = load_model(perplexity_lm, judge)
+        side_output = make_producer_id("perplexity", **doc_nll.identity)
+
+        def score_fn(texts: list[str], progress: Progress) -> np.ndarray:
+            return scorer.score_with_doc_nll(texts, doc_nll.max_tokens, progress)
+
+    return _score_shard(context, store, paths, "ask_llm", scorer, score_fn, config.chunk_size,
                         {**config.model_dump(), **judge.model_dump()}, (0.0, 1.0), "value_norm",
-                        resource_as=resource_key("ask_llm", judge))
+                        resource_as=resource_key("ask_llm", judge), side_output=side_output)
 
 
 @dg.asset(
     partitions_def=shards,
-    deps=["documents"],
+    # After the judge: with the default source "judge", ask_llm_scores' pass already wrote these
+    # numbers and this asset computes only what it left out.
+    deps=["documents", "ask_llm_scores"],
     group_name="scores",
     code_version=SCORING_VERSION,
     kinds={"pytorch", "parquet"},
     check_specs=[checks.spec("score_range", "perplexity_scores", "mean NLL in [0, 30] nats, at most 5% unscorable")],
-    description="Mean token negative log-likelihood of each document under a small LM (perplexity filter).",
+    description="Mean token negative log-likelihood of each document's first tokens under a small LM "
+    "(perplexity filter): by default the judge's model, from the judge's own forward pass.",
 )
 def perplexity_scores(
     context: dg.AssetExecutionContext,
     config: ChunkConfig,
     perplexity_lm: PerplexityLMResource,
+    judge: AskLLMJudgeResource,
     store: DuckDBStore,
     paths: DataPaths,
 ) -> dg.MaterializeResult:
-    scorer = load_model(perplexity_lm)
+    scorer = load_model(perplexity_lm, judge)
     return _score_shard(context, store, paths, "perplexity", scorer, scorer.score, config.chunk_size,
                         {**config.model_dump(), **perplexity_lm.model_dump()}, (0.0, 30.0), "value", -1.0,
-                        resource_as=resource_key("perplexity", perplexity_lm))
+                        resource_as=perplexity_key(perplexity_lm, judge))
 
 
 @dg.asset(

@@ -24,7 +24,7 @@ from dselect_assets.assets.common import (
     register_artifact,
     write_atomically,
 )
-from dselect_assets.assets.scoring import resource_key
+from dselect_assets.assets.scoring import perplexity_key, resource_key
 from dselect_assets.assets.shard_reader import MissingUpstream, embedding_rows, texts_for
 from dselect_assets.core import paper, report, samplers
 from dselect_assets.core.hashing import file_sha256, input_version as hashes_version
@@ -344,7 +344,7 @@ def selections(
 ) -> dg.MaterializeResult:
     key = partition_selection_key(context.partition_key)
     # Named by their settings only: no model is loaded to select.
-    sources = ScoreSources(resource_key("ask_llm", judge), resource_key("perplexity", perplexity_lm),
+    sources = ScoreSources(resource_key("ask_llm", judge), perplexity_key(perplexity_lm, judge),
                            resource_key("embedding", embedder))
     sampler, rate, sources = selection_target(key, sources)
     with store.connect(read_only=True) as con:

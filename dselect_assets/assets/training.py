@@ -15,7 +15,7 @@ import pyarrow as pa
 from dselect_assets.assets import checks
 from dselect_assets.assets.common import CATALOGUE_POOL, progress_log, record_run, register_artifact
 from dselect_assets.assets.plots import png_markdown
-from dselect_assets.assets.scoring import resource_key
+from dselect_assets.assets.scoring import perplexity_key, resource_key
 from dselect_assets.assets.selection import (
     DEFAULT_SAMPLERS,
     FULL_DATA_KEY,
@@ -323,7 +323,7 @@ def comparison_report(
     notes = [
         "Training data per selection (same token budget for all): "
         + "; ".join(f"{k}: {d} documents, {e:.1f} epochs" for k, (d, e) in sorted(epochs.items()) if e is not None),
-        *score_agreement(store, resource_key("ask_llm", judge), resource_key("perplexity", perplexity_lm)),
+        *score_agreement(store, resource_key("ask_llm", judge), perplexity_key(perplexity_lm, judge)),
     ]
     if stale:
         notes.append(f"Left out as stale (trained on an older selection, config or tokenizer): {', '.join(stale)}.")

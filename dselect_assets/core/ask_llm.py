@@ -40,6 +40,7 @@ from dselect_assets.core.models import (
 from dselect_assets.core.progress import Progress
 
 CODE_VERSION = "ask_llm/1"
+DOC_NLL_CODE_VERSION = "ask_llm_doc_nll/1"
 
 # Verbatim from the paper (Fig. 3); {example} is replaced by the document.
 PAPER_PROMPT = """###
@@ -195,6 +196,7 @@ class AskLLMJudge:
         self.pad_id = int(pad)
         self.reuse_prefix_cache = bool(reuse_prefix_cache and self.is_causal and self.parts.prefix_ids)
         self._prefix_cache: Any = None
+        self._prefix_next_log_probs: Any = None
         # Exact duplicates (same token ids) share one forward pass; results are equal.
         self.skip_duplicates = True
         self._identity: dict[str, Any] | None = None
@@ -290,6 +292,67 @@ class AskLLMJudge:
             progress=progress,
         )
 
+    def doc_nll_identity(self, nll_tokens: int) -> dict[str, Any]:
+        """What changes score_with_doc_nll's third column: the judge and the tokens it averages."""
+        return {"code": DOC_NLL_CODE_VERSION, "judge": self.identity, "nll_tokens": int(nll_tokens)}
+
+    def score_with_doc_nll(self, texts: Sequence[str], nll_tokens: int,
+                           progress: Progress | None = None) -> np.ndarray:
+        """float64 [n, 3]: score()'s two columns and, from the same forward pass, the mean
+        next-token NLL (nats) of the document's first `nll_tokens` tokens given the prompt
+        before it: a perplexity score under the judge model for the cost of projecting those
+        positions onto the vocabulary, instead of a second pass over every document.
+        Needs a causal judge with the shared prefix cache (the first document token is
+        predicted from the prefix's last position)."""
+        if not (self.is_causal and self.reuse_prefix_cache):
+            raise ValueError("document NLL needs a causal judge whose prompt prefix is cached")
+        if nll_tokens < 1:
+            raise ValueError(f"nll_tokens must be >= 1, got {nll_tokens}")
+        if not texts:
+            return np.full((0, 3), np.nan, dtype=np.float64)
+        seqs = [d + self.parts.suffix_ids if d else [] for d in self.doc_ids(texts)]
+        return map_padded(
+            seqs, lambda ids, mask: self._answer_and_doc_nll(ids, mask, int(nll_tokens)),
+            batch_size=self.batch_size, pad_id=self.pad_id, side="left", width=3, dedupe=self.skip_duplicates,
+            progress=progress,
+        )
+
+    def _answer_and_doc_nll(self, ids: Any, mask: Any, nll_tokens: int) -> np.ndarray:
+        torch = self._torch
+        hidden = self._causal_forward(ids, mask, self.model.get_decoder()).last_hidden_state
+        head = self.model.get_output_embeddings()
+        # The last position as a [b, 1, d] slice, so the product is the one score() computes.
+        answer = self._answer_probs(self._project(head, hidden[:, -1:, :])[:, -1, :])
+        # Left padding: a row's document starts where its mask does and ends len(suffix) before
+        # the last column. Position start+j predicts document token j+1.
+        rows_n, width = ids.shape
+        start = width - mask.sum(1)
+        counts = (width - start - len(self.parts.suffix_ids)).clamp(max=nll_tokens)
+        steps = torch.arange(max(nll_tokens - 1, 0))
+        valid = steps.unsqueeze(0) < (counts - 1).unsqueeze(1)
+        row_of = torch.arange(rows_n).unsqueeze(1).expand_as(valid)[valid]
+        column = (start.unsqueeze(1) + steps.unsqueeze(0))[valid]
+        nll = torch.zeros(rows_n, dtype=torch.float32)
+        if column.numel():
+            logits = self._project(head, hidden[row_of.to(self.device), column.to(self.device)])
+            step_nll = torch.nn.functional.cross_entropy(logits, ids[row_of, column + 1].to(self.device),
+                                                         reduction="none")
+            nll.index_add_(0, row_of, step_nll.cpu())
+        nll -= self._prefix_log_probs()[ids[torch.arange(rows_n), start]]
+        mean_nll = (nll / counts.clamp(min=1).float()).double().numpy()
+        return np.column_stack([answer, mean_nll])
+
+    def _project(self, head: Any, hidden: Any) -> Any:
+        """fp32 logits of hidden states, with the model's final soft-capping if it has one."""
+        logits = head(hidden).float()
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        return self._torch.tanh(logits / softcap) * softcap if softcap else logits
+
+    def _prefix_log_probs(self) -> Any:
+        """Log-probabilities of the token after the shared prefix (the document's first), on the CPU."""
+        self._prefix()
+        return self._prefix_next_log_probs
+
     def _answer_probs(self, logits: Any) -> np.ndarray:
         torch = self._torch
         probs = torch.softmax(logits.float(), dim=-1)
@@ -304,11 +367,17 @@ class AskLLMJudge:
             ids = self._torch.tensor([self.parts.prefix_ids], device=self.device)
             out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
             self._prefix_cache = out.cache
+            self._prefix_next_log_probs = self._torch.log_softmax(out.logits[0, -1].float(), -1).cpu()
         return self._prefix_cache
 
     def _causal_logits(self, ids: Any, mask: Any) -> Any:
         """Next-token logits at the last column of left-padded prompts (without the
         shared prefix when its KV cache is reused)."""
+        return self._causal_forward(ids, mask, self.model, logits_to_keep=1).logits[:, -1, :]
+
+    def _causal_forward(self, ids: Any, mask: Any, module: Any, **extra: Any) -> Any:
+        """`module` (the causal LM, or its decoder for hidden states) over left-padded prompts,
+        after the shared prefix's KV cache when it is reused."""
         torch = self._torch
         use_cache = self.reuse_prefix_cache
         # Positions count real tokens only, so a padded row sees the same positions
@@ -320,15 +389,14 @@ class AskLLMJudge:
             prefix_mask = torch.ones((ids.shape[0], offset), dtype=torch.long)
             mask = torch.cat([prefix_mask, mask], dim=1)
             kwargs["cache"] = _expand_cache(self._prefix(), ids.shape[0])
-        out = self.model(
+        return module(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
             use_cache=use_cache,
-            logits_to_keep=1,
             **kwargs,
+            **extra,
         )
-        return out.logits[:, -1, :]
 
     def _seq2seq_logits(self, ids: Any, mask: Any) -> Any:
         """First decoder step's logits for right-padded encoder inputs."""
@@ -379,3 +447,20 @@ def _expand_cache(cache: Any, batch: int) -> Any:
     if batch > 1:
         fresh.batch_repeat_interleave(batch)
     return fresh
+
+
+class JudgeDocumentPerplexity:
+    """The perplexity filter's scorer made of a judge: mean NLL of each document's first
+    `max_tokens` tokens given the judge's prompt (AskLLMJudge.score_with_doc_nll), with
+    PerplexityScorer's interface. The pipeline's judge asset writes these numbers in its
+    own pass; this computes only what that pass left out."""
+
+    def __init__(self, judge: AskLLMJudge, max_tokens: int) -> None:
+        self.judge = judge
+        self.max_tokens = int(max_tokens)
+        self.spec = judge.spec
+        self.identity = judge.doc_nll_identity(self.max_tokens)
+
+    def score(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        """float64 [n]: mean NLL (nats) per document; NaN for documents with no tokens."""
+        return self.judge.score_with_doc_nll(texts, self.max_tokens, progress)[:, 2]

@@ -27,6 +27,13 @@ def scored_in_chunks(context: dg.AssetExecutionContext) -> None:
         chunk["text"].to_list(), progress))
 
 
+def test_time_left_weighs_documents_by_length_up_to_the_cut():
+    texts = pl.Series(["ab", "abcd", "x" * 100])
+    assert scoring.document_work(texts, None).tolist() == [0, 3, 8, 109]
+    # A cut of 5 tokens caps a document's cost at 5 x CHARS_PER_TOKEN characters.
+    assert scoring.document_work(texts, 5).tolist() == [0, 3, 8, 8 + 5 * scoring.CHARS_PER_TOKEN + 1]
+
+
 def progress_counts(instance: dg.DagsterInstance, run_id: str) -> list[tuple[int, int]]:
     """(done, total) of each progress line in the run's log, in order."""
     lines = [e.user_message for e in instance.all_logs(run_id) if e.dagster_event is None]

@@ -174,6 +174,9 @@ def test_format_progress_and_throttle():
     assert format_progress(10, 50, 5.0) == "10/50 docs (20%), 2 docs/s, 20s left"
     assert format_progress(30, 5000, 10.0, unit="steps") == "30/5000 steps (1%), 3 steps/s, 27m37s left"
     assert format_duration(7325) == "2h02m" and format_duration(float("nan")) == "?"
+    # Weighted by work: 10 cheap items of 50 took 5 s, but they were 1/10 of the work.
+    work = [0.0, *range(1, 11), *(10 + 2.25 * i for i in range(1, 41))]
+    assert format_progress(10, 50, 5.0, work=work) == "10/50 docs (20%), 2 docs/s, 45s left"
     with pytest.raises(ValueError, match="-1/5"):
         format_progress(-1, 5, 1.0)
     now = [0.0]

@@ -41,11 +41,13 @@ def eager_after_checks() -> dg.AutomationCondition:
 PROGRESS_EVERY_SECONDS = 15.0
 
 
-def progress_log(context: dg.AssetExecutionContext, unit: str = "docs") -> Progress:
+def progress_log(context: dg.AssetExecutionContext, unit: str = "docs", work=None) -> Progress:
     """A progress(done, total, elapsed) callback that writes "done/total, rate, time left" to
-    the run's log, throttled so a fast loop does not write a line per batch."""
-    return throttled(lambda done, total, elapsed: context.log.info(format_progress(done, total, elapsed, unit)),
-                     PROGRESS_EVERY_SECONDS)
+    the run's log, throttled so a fast loop does not write a line per batch; `work` as
+    format_progress takes it."""
+    return throttled(
+        lambda done, total, elapsed: context.log.info(format_progress(done, total, elapsed, unit, work)),
+        PROGRESS_EVERY_SECONDS)
 
 
 def partition_key_or_empty(context: dg.AssetExecutionContext) -> str:

@@ -149,19 +149,33 @@ def probe_separation(store: DuckDBStore, probe_file: Path, producer: str, column
     return {"probe_documents_scored": len(rows), "probe_roc_auc": round(auc, 3), "probe_verdict": verdict}
 
 
+# Characters per token of English text, to guess a document's cost from its length.
+CHARS_PER_TOKEN = 4
+
+
+def document_work(texts: pl.Series, cut_tokens: int | None) -> np.ndarray:
+    """Cumulative cost of the first i documents (len n + 1): characters, up to the scorer's cut."""
+    chars = texts.str.len_chars().to_numpy().astype(np.float64)
+    if cut_tokens:
+        chars = np.minimum(chars, CHARS_PER_TOKEN * cut_tokens)
+    return np.concatenate([[0.0], np.cumsum(chars + 1.0)])
+
+
 def run_in_chunks(
     context: dg.AssetExecutionContext,
     todo: pl.DataFrame,
     chunk_size: int,
     compute_and_commit: Callable[[pl.DataFrame, Progress], None],
+    cut_tokens: int | None = None,
 ) -> None:
     """compute_and_commit(chunk, progress) for each chunk of `todo`; the run's log gets the
     documents done, rate and time left over all of `todo`, from the progress the scorer reports
-    per batch (in chunk counts) and from each committed chunk."""
+    per batch (in chunk counts) and from each committed chunk. The time left weighs each
+    document by its length up to `cut_tokens` (missing_documents hands them shortest first)."""
     total = todo.height
     if not total:
         return
-    log = progress_log(context)
+    log = progress_log(context, work=document_work(todo["text"], cut_tokens))
     started = time.perf_counter()
     log(0, total, 0.0)
     for start in range(0, total, chunk_size):
@@ -190,6 +204,7 @@ def _score_shard(
     probe_sign: float = 1.0,
     resource_as: str = "",
     side_output: str = "",
+    cut_tokens: int | None = None,
 ) -> dg.MaterializeResult:
     """Shared body of the score assets: value (and value_norm) per missing document.
 
@@ -216,7 +231,7 @@ def _score_shard(
         attributes.write_chunk(store.attributes, producer, shard,
                                attributes.score_table(producer, hashes, value, norm))
 
-    run_in_chunks(context, todo, chunk_size, commit)
+    run_in_chunks(context, todo, chunk_size, commit, cut_tokens)
     attributes.compact(store.attributes, producer, shard)
     if side_lacks:
         attributes.compact(store.attributes, side_output, shard)
@@ -275,7 +290,8 @@ def ask_llm_scores(
 
     return _score_shard(context, store, paths, "ask_llm", scorer, score_fn, config.chunk_size,
                         {**config.model_dump(), **judge.model_dump()}, (0.0, 1.0), "value_norm",
-                        resource_as=resource_key("ask_llm", judge), side_output=side_output)
+                        resource_as=resource_key("ask_llm", judge), side_output=side_output,
+                        cut_tokens=judge.max_doc_tokens)
 
 
 @dg.asset(
@@ -301,7 +317,8 @@ def perplexity_scores(
     scorer = load_model(perplexity_lm, judge)
     return _score_shard(context, store, paths, "perplexity", scorer, scorer.score, config.chunk_size,
                         {**config.model_dump(), **perplexity_lm.model_dump()}, (0.0, 30.0), "value", -1.0,
-                        resource_as=perplexity_key(perplexity_lm, judge))
+                        resource_as=perplexity_key(perplexity_lm, judge),
+                        cut_tokens=judge.max_doc_tokens if perplexity_lm.source == "judge" else perplexity_lm.max_tokens)
 
 
 @dg.asset(
@@ -332,7 +349,7 @@ def embeddings(
         vectors = model.embed(chunk["text"].to_list(), progress).astype(np.float32, copy=False)
         attributes.write_vectors(store.attributes, producer, shard, chunk["content_hash"].to_list(), vectors)
 
-    run_in_chunks(context, todo, config.chunk_size * 4, commit)
+    run_in_chunks(context, todo, config.chunk_size * 4, commit, embedder.max_length)
     attributes.compact(store.attributes, producer, shard)
     stats = {
         "documents": docs.height,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 Progress = Callable[[int, int, float], None]
 
@@ -29,8 +29,13 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def format_progress(done: int, total: int, elapsed: float, unit: str = "docs") -> str:
-    """e.g. '320/5089 docs (6%), 4.1 docs/s, 19m24s left'."""
+def format_progress(done: int, total: int, elapsed: float, unit: str = "docs",
+                    work: Sequence[float] | None = None) -> str:
+    """e.g. '320/5089 docs (6%), 4.1 docs/s, 19m24s left'.
+
+    `work` (cumulative cost of the first i items, len total + 1) makes the time left the
+    elapsed time scaled by the work still to do, for loops whose items differ in cost (documents
+    taken shortest first would otherwise promise the long ones at the short ones' rate)."""
     if total < 0 or done < 0:
         raise ValueError(f"done and total must be >= 0, got {done}/{total}")
     share = f" ({100 * done / total:.0f}%)" if total else ""
@@ -38,6 +43,8 @@ def format_progress(done: int, total: int, elapsed: float, unit: str = "docs") -
         return f"{done}/{total} {unit}{share}, rate ?, time left ?"
     rate = done / elapsed
     left = (total - done) / rate
+    if work is not None and work[done] > 0:
+        left = elapsed * (work[total] - work[done]) / work[done]
     return f"{done}/{total} {unit}{share}, {rate:.3g} {unit}/s, {format_duration(left)} left"
 
 

@@ -29,9 +29,10 @@ def scored_in_chunks(context: dg.AssetExecutionContext) -> None:
 
 def test_time_left_weighs_documents_by_length_up_to_the_cut():
     texts = pl.Series(["ab", "abcd", "x" * 100])
-    assert scoring.document_work(texts, None).tolist() == [0, 3, 8, 109]
+    fixed = scoring.FIXED_CHARS_PER_DOCUMENT
+    assert scoring.document_work(texts, None).tolist() == [0, 2 + fixed, 6 + 2 * fixed, 106 + 3 * fixed]
     # A cut of 5 tokens caps a document's cost at 5 x CHARS_PER_TOKEN characters.
-    assert scoring.document_work(texts, 5).tolist() == [0, 3, 8, 8 + 5 * scoring.CHARS_PER_TOKEN + 1]
+    assert scoring.document_work(texts, 5)[-1] == 6 + 5 * scoring.CHARS_PER_TOKEN + 3 * fixed
 
 
 def progress_counts(instance: dg.DagsterInstance, run_id: str) -> list[tuple[int, int]]:

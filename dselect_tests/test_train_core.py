@@ -143,6 +143,22 @@ def test_same_seed_reproduces_and_other_seed_differs(corpus, trained, small_conf
     assert cached.weights_sha256 == trained.weights_sha256 and cached.wall_seconds == trained.wall_seconds
 
 
+def test_bf16_autocast_on_the_cpu_is_its_own_reproducible_run(corpus, trained, small_config, tmp_path):
+    """cpu_bf16 really trains in bf16 (other weights than fp32), learns as well, and is as
+    reproducible; it is part of the config a checkpoint records."""
+    config = replace(small_config, cpu_bf16=True)
+    assert config.to_dict() != small_config.to_dict()
+    first = train_lm(corpus["train_docs"], config, tmp_path / "a", seed=0, num_threads=1)
+    again = train_lm(corpus["train_docs"], config, tmp_path / "b", seed=0, num_threads=1)
+    assert first.weights_sha256 == again.weights_sha256 and first.loss_history == again.loss_history
+    assert first.weights_sha256 != trained.weights_sha256
+    assert abs(first.loss_history[-1] - trained.loss_history[-1]) < 0.1
+    model = load_model(first.model_dir)
+    eot = end_of_text_id(corpus["tokenizer"])
+    fp32 = token_perplexity(model, corpus["eval_docs"], eot)["ppl"]
+    assert token_perplexity(model, corpus["eval_docs"], eot, bf16=True)["ppl"] == pytest.approx(fp32, rel=1e-2)
+
+
 def test_interrupted_run_resumes_to_identical_weights(corpus, trained, small_config, tmp_path):
     out_dir = tmp_path / "interrupted"
     partial = train_lm(corpus["train_docs"], small_config, out_dir, seed=0, stop_at_step=57, num_threads=1)

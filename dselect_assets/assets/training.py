@@ -29,6 +29,7 @@ from dselect_assets.core import lm_tokenizer, report, train
 from dselect_assets.core.evaluate import perplexity, unigram_perplexity
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.hashing import producer_id as make_producer_id
+from dselect_assets.core.models import cpu_bf16_supported
 from dselect_assets.core.tiny_lm import GPTConfig
 from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, PerplexityLMResource
 from dselect_assets.store import selections as selection_store
@@ -41,7 +42,7 @@ TRAINED_SAMPLERS = [s for s in ("random", "density", "ask_llm_topk", "ask_llm_di
 TRAINING_RATES = [0.2]
 TRAINING_SEEDS = ["0", "1", "2"]
 # Bump when a change to this module or to the training/eval code changes the results.
-TRAINING_VERSION = "3"
+TRAINING_VERSION = "4"
 
 
 def run_key(rate: float, seed: int | str) -> str:
@@ -131,6 +132,8 @@ class TrainingConfig(dg.Config):
     batch_size: int = train.TrainConfig().batch_size
     learning_rate: float = train.TrainConfig().learning_rate
     checkpoint_every: int = train.TrainConfig().checkpoint_every
+    # "auto": bf16 autocast on a CPU with native bf16 (core/train.py), else fp32; "bf16" | "fp32".
+    precision: str = "auto"
 
     def train_config(self, vocab_size: int) -> train.TrainConfig:
         return train.TrainConfig(
@@ -138,8 +141,16 @@ class TrainingConfig(dg.Config):
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             checkpoint_every=self.checkpoint_every,
+            cpu_bf16=cpu_bf16(self.precision),
             model=GPTConfig(vocab_size=vocab_size),
         )
+
+
+def cpu_bf16(precision: str) -> bool:
+    """Whether "auto" | "bf16" | "fp32" means bf16 autocast on the CPU, here."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and cpu_bf16_supported())
 
 
 def train_config_json(train_config: train.TrainConfig) -> str:
@@ -267,7 +278,7 @@ def eval_metrics(context: dg.AssetExecutionContext, store: DuckDBStore, paths: D
         if not texts:
             context.log.warning(f"eval set {eval_set} is empty; skipped")
             continue
-        metrics = perplexity(model_dir, tokenizer, texts)
+        metrics = perplexity(model_dir, tokenizer, texts, bf16=cpu_bf16("auto"))
         unigram = unigram_perplexity(
             train_docs, lm_tokenizer.encode_documents(tokenizer, texts), tokenizer.get_vocab_size()
         )

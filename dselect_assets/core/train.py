@@ -53,6 +53,10 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     checkpoint_every: int = 64  # 5 intermediate checkpoints in a default run
+    # Forward pass autocast to bf16 on the CPU too (CUDA always autocasts). On an AVX512-BF16 CPU
+    # the default run trained in 0.83x the time of fp32, final loss 6.232 vs 6.236, high-quality
+    # perplexity 575 vs 578 (the full data, one thread).
+    cpu_bf16: bool = False
     model: GPTConfig = field(default_factory=GPTConfig)
 
     def __post_init__(self) -> None:
@@ -273,7 +277,8 @@ def train_lm(
     # CPU kernels split work by thread count, so a resumed run keeps the count its weights were made with
     num_threads = num_threads or (state["num_threads"] if state else default_num_threads())
     autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_cuda else contextlib.nullcontext()
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_cuda or config.cpu_bf16
+        else contextlib.nullcontext()
     )
 
     with reproducible_torch(num_threads):

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from dselect_assets.core.ask_llm import FEW_SHOT_EXAMPLES, QUESTION_FIRST_PROMPT, AskLLMJudge, unscorable
+from dselect_assets.core.ask_llm import (
+    FEW_SHOT_EXAMPLES,
+    QUESTION_FIRST_PROMPT,
+    AskLLMJudge,
+    JudgeDocumentPerplexity,
+    unscorable,
+)
 from dselect_assets.core.batching import length_sorted_batches, map_padded, pad
 from dselect_assets.core.embed import SentenceEmbedder
 from dselect_assets.core.judge_eval import roc_auc
@@ -344,6 +350,10 @@ def test_seq2seq_judge_path(tmp_path):
     assert np.all((scores[:-1] >= 0) & (scores[:-1] <= 1))
     single = np.vstack([judge.score([t]) for t in texts[:-1]])
     np.testing.assert_allclose(scores[:-1], single, atol=1e-5)
+    # It has no causal document NLL, so the perplexity filter's default source says what to set.
+    assert not judge.scores_doc_nll
+    with pytest.raises(ValueError, match="source='model'"):
+        JudgeDocumentPerplexity(judge, 16)
 
 
 @pytest.mark.heavy

@@ -285,7 +285,7 @@ def ask_llm_scores(
 ) -> dg.MaterializeResult:
     scorer = load_model(judge)
     score_fn, side_output = scorer.score, ""
-    if perplexity_lm.source == "judge":
+    if perplexity_lm.source == "judge" and scorer.scores_doc_nll:
         # The perplexity filter's numbers come out of this pass (perplexity_scores follows it).
         doc_nll = load_model(perplexity_lm, judge)
         side_output = make_producer_id("perplexity", **doc_nll.identity)

@@ -271,6 +271,8 @@ def eval_metrics(context: dg.AssetExecutionContext, store: DuckDBStore, paths: D
     train_docs = lm_tokenizer.encode_documents(
         tokenizer, pl.read_parquet(export_path, columns=["text"])["text"].to_list()
     )
+    # Evaluated in the precision it was trained in (fp32 for checkpoints that predate the choice).
+    bf16 = json.loads((Path(model_dir) / train.TRAIN_CONFIG_FILE).read_text()).get("cpu_bf16", False)
     rows = []
     for eval_set in ("in_distribution", "high_quality"):
         eval_file = paths.root / "eval" / f"{eval_set}.parquet"
@@ -278,7 +280,7 @@ def eval_metrics(context: dg.AssetExecutionContext, store: DuckDBStore, paths: D
         if not texts:
             context.log.warning(f"eval set {eval_set} is empty; skipped")
             continue
-        metrics = perplexity(model_dir, tokenizer, texts, bf16=cpu_bf16("auto"))
+        metrics = perplexity(model_dir, tokenizer, texts, bf16=bf16)
         unigram = unigram_perplexity(
             train_docs, lm_tokenizer.encode_documents(tokenizer, texts), tokenizer.get_vocab_size()
         )

@@ -8,7 +8,9 @@ answer is the next token, and the score is the softmax probability mass on the
   column 1: P(yes) / (P(yes) + P(no))    -- robust to mass leaking to other tokens
 
 Documents that tokenize to nothing (empty or whitespace-only text) get NaN in
-both columns; `unscorable(scores)` lists their indices.
+both columns; `unscorable(scores)` lists their indices. `score_with_doc_nll` adds a
+third from the same pass: the mean NLL of the document's first tokens given the
+prompt, which the perplexity filter uses by default (JudgeDocumentPerplexity).
 
 Speed on CPU comes from: length-sorted batches with left padding (the answer
 position is the last column of every row; core/batching.py, which also computes
@@ -292,6 +294,11 @@ class AskLLMJudge:
             progress=progress,
         )
 
+    @property
+    def scores_doc_nll(self) -> bool:
+        """Whether score_with_doc_nll works for this judge (causal, prompt prefix cached)."""
+        return self.is_causal and self.reuse_prefix_cache
+
     def doc_nll_identity(self, nll_tokens: int) -> dict[str, Any]:
         """What changes score_with_doc_nll's third column: the judge and the tokens it averages."""
         return {"code": DOC_NLL_CODE_VERSION, "judge": self.identity, "nll_tokens": int(nll_tokens)}
@@ -304,7 +311,7 @@ class AskLLMJudge:
         positions onto the vocabulary, instead of a second pass over every document.
         Needs a causal judge with the shared prefix cache (the first document token is
         predicted from the prefix's last position)."""
-        if not (self.is_causal and self.reuse_prefix_cache):
+        if not self.scores_doc_nll:
             raise ValueError("document NLL needs a causal judge whose prompt prefix is cached")
         if nll_tokens < 1:
             raise ValueError(f"nll_tokens must be >= 1, got {nll_tokens}")
@@ -456,6 +463,9 @@ class JudgeDocumentPerplexity:
     own pass; this computes only what that pass left out."""
 
     def __init__(self, judge: AskLLMJudge, max_tokens: int) -> None:
+        if not judge.scores_doc_nll:
+            raise ValueError(f"the perplexity filter's source 'judge' needs a causal judge with a cached prompt "
+                             f"prefix, and {judge.spec.name} is not one: set PerplexityLMResource(source='model')")
         self.judge = judge
         self.max_tokens = int(max_tokens)
         self.spec = judge.spec

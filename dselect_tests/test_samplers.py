@@ -211,6 +211,30 @@ def test_semdedup_removes_planted_near_duplicates_first():
     assert similarity[dropped].min() > 0.99 > np.sort(similarity)[-41]
 
 
+def test_semdedup_compares_a_large_cluster_within_parts_and_still_finds_its_near_duplicates(monkeypatch):
+    import dselect_assets.core.samplers as samplers
+
+    rng = np.random.default_rng([4, 98])
+    base = unit(rng.standard_normal((300, DIM)))
+    originals = rng.choice(300, size=40, replace=False)
+    copies = unit(base[originals] + 0.01 * rng.standard_normal((40, DIM)))
+    emb = np.vstack([base, copies])
+    inputs = SamplerInputs(n=len(emb), embeddings=emb, clusters=np.zeros(len(emb), dtype=np.int64))
+    exact = semdedup_max_similarity(inputs)
+    monkeypatch.setattr(samplers, "PAIRWISE_ROWS", 64)
+    monkeypatch.setattr(samplers, "PAIRWISE_PART_ROWS", 32)
+    compared = []
+    pairwise = samplers._max_similarity_to_earlier
+    monkeypatch.setattr(samplers, "_max_similarity_to_earlier", lambda v: compared.append(len(v)) or pairwise(v))
+    split = semdedup_max_similarity(inputs)
+    assert sum(compared) == 340 and max(compared) <= 64
+    # fewer pairs are compared, so a value can only fall, and some do
+    assert np.all(split <= exact) and np.any(split < exact)
+    dropped = np.setdiff1d(np.arange(340), SAMPLERS["semdedup"](inputs, 300 / 340, 0))
+    for i, original in enumerate(originals):
+        assert (original in dropped) != (300 + i in dropped)
+
+
 def test_prototypes_keeps_the_documents_farthest_from_their_nearest_centroid(full_inputs):
     kept = SAMPLERS["prototypes"](full_inputs, 0.4, 0)
     to_each = np.linalg.norm(full_inputs.embeddings.array[:, None, :] - full_inputs.centroids[None, :, :], axis=2)

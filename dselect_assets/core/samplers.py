@@ -227,6 +227,10 @@ def ask_llm_density_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np
 
 ROW_BLOCK = 65536  # rows read per step when every embedding is visited
 GROUP_ROWS = 65536  # SemDeDup reads whole clusters, about this many rows at a time (100 MB at 384-d)
+# SemDeDup compares every pair within a cluster of up to PAIRWISE_ROWS documents; a larger one
+# is split into parts of about PAIRWISE_PART_ROWS (see semdedup_max_similarity).
+PAIRWISE_ROWS = 2048
+PAIRWISE_PART_ROWS = 1024
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -278,13 +282,55 @@ def _cluster_groups(sorted_clusters: np.ndarray):
         first = last
 
 
-def semdedup_max_similarity(inputs: SamplerInputs, block: int = 1024) -> np.ndarray:
+def _max_similarity_to_earlier(vectors: np.ndarray, block: int = 1024) -> np.ndarray:
+    """For each unit row, its highest dot product with an earlier row (-inf for the first)."""
+    best = np.empty(len(vectors))
+    for col in range(0, len(vectors), block):
+        cols = slice(col, min(col + block, len(vectors)))
+        # Columns j of the block against every earlier row i < j: the rows before the block
+        # are all earlier, so only the block's own square needs the triangle masked.
+        square = vectors[cols] @ vectors[cols].T
+        square[np.tril_indices(len(square))] = -np.inf
+        top = square.max(axis=0)
+        if col:
+            top = np.maximum(top, (vectors[:col] @ vectors[cols].T).max(axis=0))
+        best[cols] = top
+    return best
+
+
+def _pairwise_parts(vectors: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Row indices (ascending) of parts of at most PAIRWISE_ROWS rows each, by seeded k-means
+    over the rows themselves, splitting again any part still too large; a part k-means cannot
+    split stays whole."""
+    if len(vectors) <= PAIRWISE_ROWS:
+        return [np.arange(len(vectors))]
+    from dselect_assets.core import clustering  # faiss, loaded only where a cluster is this large
+
+    k = math.ceil(len(vectors) / PAIRWISE_PART_ROWS)
+    sample = clustering.training_sample(len(vectors), k, seed)
+    part_of, _ = clustering.assign(clustering.fit_centroids(vectors[sample], k, seed=seed), vectors)
+    parts = []
+    for part in np.unique(part_of):
+        rows = np.flatnonzero(part_of == part)
+        if len(rows) == len(vectors):
+            return [rows]
+        parts += [rows[sub] for sub in _pairwise_parts(vectors[rows], seed + 1)]
+    return parts
+
+
+def semdedup_max_similarity(inputs: SamplerInputs) -> np.ndarray:
     """For each document, its highest cosine similarity to an earlier document of its cluster.
 
     Within a cluster documents are ordered by decreasing distance to the
     centroid (SemDeDup keeps the least prototypical copy of a duplicate group),
     ties by index; the first document of each cluster gets -inf. SemDeDup with
     threshold eps removes exactly the documents whose value exceeds 1 - eps.
+
+    Comparing every pair of a cluster costs the square of its size, and clusters grow with
+    the corpus once k stops growing (clustering.MAX_DEFAULT_K): a cluster of more than
+    PAIRWISE_ROWS documents is compared within the parts a k-means over its own members
+    splits it into, as if the clustering were finer there. Near-duplicates lie close together
+    and share a part; a document's value can only be lower than the whole cluster's.
     """
     inputs.need("semdedup", "embeddings", "clusters")
     centroids = _cluster_centroids(inputs)
@@ -301,16 +347,8 @@ def semdedup_max_similarity(inputs: SamplerInputs, block: int = 1024) -> np.ndar
             rows = slice(start - group_start, stop - group_start)
             within = np.lexsort((positions[rows], -to_centroid[rows]))  # farthest first, ties by index
             members, mine = positions[rows][within], vectors[rows][within]
-            for col in range(0, len(members), block):
-                cols = slice(col, min(col + block, len(members)))
-                # Columns j of the block against every earlier row i < j: the rows before the block
-                # are all earlier, so only the block's own square needs the triangle masked.
-                square = mine[cols] @ mine[cols].T
-                square[np.tril_indices(len(square))] = -np.inf
-                top = square.max(axis=0)
-                if col:
-                    top = np.maximum(top, (mine[:col] @ mine[cols].T).max(axis=0))
-                best[members[cols]] = top
+            for part in _pairwise_parts(mine, seed=int(inputs.clusters[members[0]])):
+                best[members[part]] = _max_similarity_to_earlier(mine[part])
     return best
 
 

@@ -209,9 +209,9 @@ def main() -> None:
     from _bench_common import interleaved_best
     from scipy.stats import spearmanr
 
-    from dselect_assets.core.ask_llm import PAPER_PROMPT, AskLLMJudge
-    from dselect_assets.core.judge_eval import roc_auc
-    from dselect_assets.core.models import configure_threads, converted_gguf_dir, load_causal_or_seq2seq
+    from dselect_assets.core.scoring.ask_llm import PAPER_PROMPT, AskLLMJudge
+    from dselect_assets.core.scoring.judge_eval import roc_auc
+    from dselect_assets.core.scoring.models import configure_threads, converted_gguf_dir, load_causal_or_seq2seq
     from dselect_assets.resources import AskLLMJudgeResource
 
     threads = configure_threads()
@@ -314,7 +314,7 @@ def _side_by_side(tps: dict, dps: dict, scores: dict, labels: list[int], referen
     the fp32 reference (left out for the peer, whose prompt is another one)."""
     from scipy.stats import spearmanr
 
-    from dselect_assets.core.judge_eval import roc_auc
+    from dselect_assets.core.scoring.judge_eval import roc_auc
 
     peer = tps.get("nano")
     print(f"{'system':<28} {'tokens/s':>9} {'x naive':>8} {'x nano':>7} {'docs/s':>7} {'x nano':>7} "

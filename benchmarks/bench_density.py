@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench_common import best_of  # noqa: E402
 
-from dselect_assets.core import race_sketch  # noqa: E402
-from dselect_assets.core.exact_kde import exact_kernel_sums  # noqa: E402
-from dselect_assets.core.race_sketch import RaceSketch  # noqa: E402
+from dselect_assets.core.density import race_sketch  # noqa: E402
+from dselect_assets.core.density.exact_kde import exact_kernel_sums  # noqa: E402
+from dselect_assets.core.density.race_sketch import RaceSketch  # noqa: E402
 
 
 def clustered_unit_vectors(

@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from dselect_assets.assets.corpus import list_shard_files  # noqa: E402
-from dselect_assets.core import distill  # noqa: E402
 from dselect_assets.core.hashing import content_hash, producer_id  # noqa: E402
-from dselect_assets.core.ingest import Document, read_shard  # noqa: E402
-from dselect_assets.core.judge_eval import load_probe, roc_auc  # noqa: E402
+from dselect_assets.core.ingest.ingest import Document, read_shard  # noqa: E402
+from dselect_assets.core.scoring import distill  # noqa: E402
+from dselect_assets.core.scoring.judge_eval import load_probe, roc_auc  # noqa: E402
 from dselect_assets.resources import AskLLMJudgeResource, DataPaths, EmbedderResource  # noqa: E402
 
 

@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _bench_common import interleaved_best, stdlib_docstrings  # noqa: E402
 
-from dselect_assets.core.embed import SentenceEmbedder  # noqa: E402
-from dselect_assets.core.models import configure_threads  # noqa: E402
+from dselect_assets.core.scoring.embed import SentenceEmbedder  # noqa: E402
+from dselect_assets.core.scoring.models import configure_threads  # noqa: E402
 
 
 def naive_embed(embedder: SentenceEmbedder, texts: list[str]) -> np.ndarray:

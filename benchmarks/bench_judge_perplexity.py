@@ -45,7 +45,7 @@ def main() -> None:
 
     import torch
 
-    from dselect_assets.core.judge_eval import roc_auc
+    from dselect_assets.core.scoring.judge_eval import roc_auc
     from dselect_assets.resources import AskLLMJudgeResource, PerplexityLMResource
 
     torch.set_num_threads(1)

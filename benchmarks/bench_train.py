@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dselect_assets.core.lm_tokenizer import encode_documents, end_of_text_id, train_tokenizer
-from dselect_assets.core.tiny_lm import TinyGPT
-from dselect_assets.core.train import TrainConfig, default_num_threads, train_lm
+from dselect_assets.core.lm.lm_tokenizer import encode_documents, end_of_text_id, train_tokenizer
+from dselect_assets.core.lm.tiny_lm import TinyGPT
+from dselect_assets.core.lm.train import TrainConfig, default_num_threads, train_lm
 
 MODULES = ("argparse", "asyncio", "collections", "csv", "datetime", "decimal", "email.message", "functools",
            "http.client", "inspect", "itertools", "json", "logging", "os", "pathlib", "pydoc", "re", "socket",
@@ -88,9 +88,9 @@ def corpus_run(corpus: Path, high_quality: Path, seeds: int) -> None:
     import json
     import os
 
-    from dselect_assets.core.evaluate import perplexity, unigram_perplexity
-    from dselect_assets.core.ingest import Document, read_shard
-    from dselect_assets.core.lm_tokenizer import DEFAULT_VOCAB_SIZE
+    from dselect_assets.core.ingest.ingest import Document, read_shard
+    from dselect_assets.core.lm.evaluate import perplexity, unigram_perplexity
+    from dselect_assets.core.lm.lm_tokenizer import DEFAULT_VOCAB_SIZE
 
     texts = [doc.text for path in sorted(corpus.iterdir()) if path.is_file()
              for doc in read_shard(path) if isinstance(doc, Document)]

@@ -143,7 +143,7 @@ def run_pipeline(stages: list[str] | None = None, workers: int = 1, profile: str
 
 
 def add_export_parser(sub) -> None:
-    from dselect_assets.core.export import DEFAULT_MAX_BYTES_PER_FILE, EXPORT_FORMATS
+    from dselect_assets.core.selection.export import DEFAULT_MAX_BYTES_PER_FILE, EXPORT_FORMATS
 
     export = sub.add_parser(
         "export", help="write a selection as Parquet or dolma jsonl.zst/jsonl.gz files with a manifest"

@@ -19,7 +19,7 @@ from dselect_assets.assets import (
     tiny_lm_scores,
     training,
 )
-from dselect_assets.core import paper
+from dselect_assets.core.selection import paper
 from dselect_assets.deployments import current_deployment, executor_for
 from dselect_assets.resources import (
     AskLLMJudgeResource,

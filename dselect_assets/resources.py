@@ -103,13 +103,13 @@ class DuckDBStore(dg.ConfigurableResource):
 
 @functools.lru_cache(maxsize=4)
 def _load_embedder(model_path: str, max_length: int, batch_size: int, dtype: str):
-    from dselect_assets.core.embed import SentenceEmbedder
+    from dselect_assets.core.scoring.embed import SentenceEmbedder
 
     return SentenceEmbedder(model_path or None, max_length=max_length, batch_size=batch_size, dtype=dtype)
 
 
 def _model_spec(model_path: str, kind: str, chat_template: bool, default):
-    from dselect_assets.core.models import ModelSpec
+    from dselect_assets.core.scoring.models import ModelSpec
 
     if not model_path:
         return dataclasses.replace(default(), chat_template=chat_template)
@@ -122,8 +122,8 @@ def _model_spec(model_path: str, kind: str, chat_template: bool, default):
 @functools.lru_cache(maxsize=4)
 def _load_judge(model_path: str, kind: str, chat_template: bool, max_doc_tokens: int, batch_size: int,
                 prompt: str):
-    from dselect_assets.core.ask_llm import PROMPTS, AskLLMJudge
-    from dselect_assets.core.models import default_judge_spec
+    from dselect_assets.core.scoring.ask_llm import PROMPTS, AskLLMJudge
+    from dselect_assets.core.scoring.models import default_judge_spec
 
     if prompt not in PROMPTS:
         raise ValueError(f"judge prompt must be one of {sorted(PROMPTS)}, got {prompt!r}")
@@ -133,8 +133,8 @@ def _load_judge(model_path: str, kind: str, chat_template: bool, max_doc_tokens:
 
 @functools.lru_cache(maxsize=4)
 def _load_perplexity_lm(model_path: str, max_tokens: int, batch_size: int):
-    from dselect_assets.core.models import default_lm_spec
-    from dselect_assets.core.perplexity import PerplexityScorer
+    from dselect_assets.core.scoring.models import default_lm_spec
+    from dselect_assets.core.scoring.perplexity import PerplexityScorer
 
     spec = _model_spec(model_path, "causal", False, default_lm_spec)
     return PerplexityScorer(spec, max_tokens=max_tokens, batch_size=batch_size)
@@ -146,7 +146,7 @@ class EmbedderResource(dg.ConfigurableResource):
     model_path: str = ""
     max_length: int = 256
     batch_size: int = 32
-    dtype: str = "auto"  # bf16 on a CPU with native bf16 (core/embed.py)
+    dtype: str = "auto"  # bf16 on a CPU with native bf16 (core/scoring/embed.py)
 
     def load(self):
         return _load_embedder(self.model_path, self.max_length, self.batch_size, self.dtype)
@@ -217,7 +217,7 @@ class PerplexityLMResource(dg.ConfigurableResource):
             return self.load()
         if self.model_path:
             raise ValueError("perplexity model_path is for source='model'; source='judge' scores with the judge's model")
-        from dselect_assets.core.ask_llm import JudgeDocumentPerplexity
+        from dselect_assets.core.scoring.ask_llm import JudgeDocumentPerplexity
 
         return JudgeDocumentPerplexity(judge.load(), self.max_tokens)
 

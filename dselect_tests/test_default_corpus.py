@@ -19,10 +19,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dselect_assets.core import judge_eval, models
 from dselect_assets.core.default_corpus import build_default_corpus as shim_build
 from dselect_assets.core.hashing import content_hash
-from dselect_assets.core.ingest import Document, read_shard
+from dselect_assets.core.ingest.ingest import Document, read_shard
+from dselect_assets.core.scoring import judge_eval, models
 from dselect_assets.corpus import build as corpus_build
 from dselect_assets.corpus import sources
 from dselect_assets.corpus.archives import ARCHIVES, Archive, CorpusSourceMissing, SourceArchive, default_cache_dir

@@ -8,9 +8,9 @@ import pytest
 
 from dselect_assets.assets import corpus, distill, scoring, selection
 from dselect_assets.assets.scoring import perplexity_key, resource_key
-from dselect_assets.core import distill as core
-from dselect_assets.core import samplers
-from dselect_assets.core.models import ModelLoadError
+from dselect_assets.core.scoring import distill as core
+from dselect_assets.core.scoring.models import ModelLoadError
+from dselect_assets.core.selection import samplers
 from dselect_assets.resources import AskLLMJudgeResource
 from dselect_tests.pipeline_fixtures import build_source_corpus, materialization_metadata, small_resources, write_slice
 

@@ -14,8 +14,8 @@ from dselect_assets.assets.corpus import documents
 from dselect_assets.assets.exports import selection_exports
 from dselect_assets.assets.selection import FULL_DATA_KEY, FULL_DATA_PARTITION, eval_sets, selections
 from dselect_assets.cli import main as cli_main
-from dselect_assets.core.export import ExportError, read_export, write_export
-from dselect_assets.core.ingest import read_shard
+from dselect_assets.core.ingest.ingest import read_shard
+from dselect_assets.core.selection.export import ExportError, read_export, write_export
 from dselect_tests.test_formats import gz, jsonl_bytes, make_records
 
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dselect_assets.assets.corpus import documents, is_shard_file, list_shard_files, list_shards, shard_source
-from dselect_assets.core.ingest import Document, FieldMap, Rejection, ShardReadError, read_shard, write_documents
+from dselect_assets.core.ingest.ingest import Document, FieldMap, Rejection, ShardReadError, read_shard, write_documents
 
 WORDS = (
     "river stone harbour lantern meadow copper signal archive orbit quarry willow ledger "

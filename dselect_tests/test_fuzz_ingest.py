@@ -27,7 +27,7 @@ import polars as pl
 import pytest
 
 from dselect_assets.assets.corpus import documents
-from dselect_assets.core.ingest import DEFAULT_MAX_DOCUMENT_BYTES, Document, Rejection, read_shard, write_documents
+from dselect_assets.core.ingest.ingest import DEFAULT_MAX_DOCUMENT_BYTES, Document, Rejection, read_shard, write_documents
 
 # Every reason ingestion gives for a row belongs to one specific family, never a generic error.
 REASON_FAMILIES = {

@@ -8,7 +8,7 @@ import pytest
 
 from dselect_assets.assets.corpus import documents
 from dselect_assets.core.hashing import content_hash, normalize_text
-from dselect_assets.core.ingest import Document, Rejection, read_shard
+from dselect_assets.core.ingest.ingest import Document, Rejection, read_shard
 
 
 def write_jsonl(path, records):

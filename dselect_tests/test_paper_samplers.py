@@ -11,9 +11,11 @@ import torch
 
 from dselect_assets import definitions
 from dselect_assets.assets import paper_scores, scoring, selection, training
-from dselect_assets.core import checkpoint_lm, models, paper, report, train
-from dselect_assets.core.evaluate import token_perplexity
-from dselect_assets.core.tiny_lm import GPTConfig, TinyGPT, load_model
+from dselect_assets.core.lm import checkpoint_lm, report, train
+from dselect_assets.core.lm.evaluate import token_perplexity
+from dselect_assets.core.lm.tiny_lm import GPTConfig, TinyGPT, load_model
+from dselect_assets.core.scoring import models
+from dselect_assets.core.selection import paper
 from dselect_assets.resources import AskLLMJudgeResource
 from dselect_assets.store import selections as selection_store
 

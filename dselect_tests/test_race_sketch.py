@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from dselect_assets.core.exact_kde import (
+from dselect_assets.core.density.exact_kde import (
     exact_kernel_sums,
     expected_race_scores,
     gaussian_kernel,
     pstable_collision_probability,
     race_kernel,
 )
-from dselect_assets.core.race_sketch import (
+from dselect_assets.core.density.race_sketch import (
     DEFAULT_BANDWIDTH,
     DEFAULT_BUCKETS,
     DEFAULT_HASHES_PER_ROW,
@@ -85,7 +85,7 @@ def test_flat_single_hash_ranks_worse_than_default(corpus):
 
 
 def test_tabulated_kernel_matches_formula():
-    from dselect_assets.core.exact_kde import _TabulatedKernel
+    from dselect_assets.core.density.exact_kde import _TabulatedKernel
 
     dist = np.linspace(0.0, 2.0, 10_007)
     for kernel, direct in (("race", race_kernel(dist, 1.3, 7)), ("gaussian", gaussian_kernel(dist, 0.5))):

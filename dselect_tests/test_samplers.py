@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dselect_assets.core.clustering import (
+from dselect_assets.core.density.clustering import (
     MAX_DEFAULT_K,
     POINTS_PER_CENTROID,
     assign,
@@ -14,8 +14,8 @@ from dselect_assets.core.clustering import (
     kmeans,
     training_sample,
 )
-from dselect_assets.core.race_sketch import RaceSketch
-from dselect_assets.core.samplers import (
+from dselect_assets.core.density.race_sketch import RaceSketch
+from dselect_assets.core.selection.samplers import (
     REQUIRED_INPUTS,
     SAMPLERS,
     ArrayRows,
@@ -212,7 +212,7 @@ def test_semdedup_removes_planted_near_duplicates_first():
 
 
 def test_semdedup_compares_a_large_cluster_within_parts_and_still_finds_its_near_duplicates(monkeypatch):
-    import dselect_assets.core.samplers as samplers
+    import dselect_assets.core.selection.samplers as samplers
 
     rng = np.random.default_rng([4, 98])
     base = unit(rng.standard_normal((300, DIM)))
@@ -274,7 +274,7 @@ class ShuffledRows(ArrayRows):
 
 
 def test_semdedup_and_prototypes_read_whole_clusters_in_bounded_groups(full_inputs, monkeypatch):
-    import dselect_assets.core.samplers as samplers
+    import dselect_assets.core.selection.samplers as samplers
 
     bare = SamplerInputs(n=full_inputs.n, embeddings=full_inputs.embeddings, clusters=full_inputs.clusters)
     similarity, distance = semdedup_max_similarity(bare), nearest_centroid_distance(bare)

@@ -10,24 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-from dselect_assets.core.ask_llm import (
+from dselect_assets.core.scoring.ask_llm import (
     FEW_SHOT_EXAMPLES,
     QUESTION_FIRST_PROMPT,
     AskLLMJudge,
     JudgeDocumentPerplexity,
     unscorable,
 )
-from dselect_assets.core.batching import length_sorted_batches, map_padded, pad
-from dselect_assets.core.embed import SentenceEmbedder
-from dselect_assets.core.judge_eval import roc_auc
-from dselect_assets.core.models import (
+from dselect_assets.core.scoring.batching import length_sorted_batches, map_padded, pad
+from dselect_assets.core.scoring.embed import SentenceEmbedder
+from dselect_assets.core.scoring.judge_eval import roc_auc
+from dselect_assets.core.scoring.models import (
     ModelLoadError,
     ModelSpec,
     default_embedder_path,
     model_identity,
     smollm2_spec,
 )
-from dselect_assets.core.perplexity import PerplexityScorer
+from dselect_assets.core.scoring.perplexity import PerplexityScorer
 from dselect_assets.resources import AskLLMJudgeResource
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -267,7 +267,7 @@ def test_bf16_matmul_judge_keeps_scores_and_names_itself(judge, judged):
 
 
 def test_gguf_conversion_is_cached(judge):
-    from dselect_assets.core.models import converted_gguf_dir
+    from dselect_assets.core.scoring.models import converted_gguf_dir
 
     converted = converted_gguf_dir(judge.spec)
     assert (converted / "model.safetensors").is_file() and (converted / "config.json").is_file()
@@ -431,7 +431,7 @@ def test_perplexity_short_documents_are_nan(lm):
 
 
 def test_model_identity_hash_is_cached_and_tracks_changes(tmp_path, monkeypatch):
-    from dselect_assets.core import models
+    from dselect_assets.core.scoring import models
 
     monkeypatch.setenv("DSELECT_CACHE_DIR", str(tmp_path / "cache"))
     model_dir = tmp_path / "m"

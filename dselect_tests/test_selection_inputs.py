@@ -9,7 +9,7 @@ import pytest
 
 from dselect_assets.assets import corpus, selection
 from dselect_assets.assets.scoring import register_producer
-from dselect_assets.core.samplers import scorable_rows, target_size
+from dselect_assets.core.selection.samplers import scorable_rows, target_size
 from dselect_assets.store import attributes
 from dselect_assets.store import selections as selection_store
 

@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from dselect_assets.assets.corpus import documents
-from dselect_assets.core.shard_keys import InvalidShardKey, validate_shard_key
+from dselect_assets.core.ingest.shard_keys import InvalidShardKey, validate_shard_key
 from dselect_assets.resources import DataPaths, DuckDBStore
 
 RECORDS = [{"id": "d1", "text": "A perfectly ordinary document."}, {"id": "d2", "text": "Another one."}]

@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 import torch
 
-from dselect_assets.core.evaluate import perplexity, token_perplexity, unigram_perplexity
 from dselect_assets.core.hashing import file_sha256
-from dselect_assets.core.lm_tokenizer import (
+from dselect_assets.core.lm.evaluate import perplexity, token_perplexity, unigram_perplexity
+from dselect_assets.core.lm.lm_tokenizer import (
     END_OF_TEXT,
     encode_documents,
     end_of_text_id,
@@ -24,15 +24,15 @@ from dselect_assets.core.lm_tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from dselect_assets.core.progress import format_duration, format_progress, throttled
-from dselect_assets.core.report import build_report, relative_to_random
-from dselect_assets.core.tiny_lm import GPTConfig, TinyGPT, load_model, save_model
-from dselect_assets.core.train import (
+from dselect_assets.core.lm.report import build_report, relative_to_random
+from dselect_assets.core.lm.tiny_lm import GPTConfig, TinyGPT, load_model, save_model
+from dselect_assets.core.lm.train import (
     RESUME_STATE_FILE,
     TrainConfig,
     learning_rate_at,
     train_lm,
 )
+from dselect_assets.core.progress import format_duration, format_progress, throttled
 
 STDLIB_MODULES = (
     "argparse", "ast", "asyncio", "bisect", "calendar", "collections", "csv", "dataclasses", "datetime",

@@ -12,7 +12,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from dselect_assets.core.samplers import target_size
+from dselect_assets.core.selection.samplers import target_size
 from dselect_assets.resources import DuckDBStore
 from dselect_assets.store import selections as selection_store
 

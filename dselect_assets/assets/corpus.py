@@ -17,8 +17,7 @@ from dselect_assets.assets.common import (
     write_atomically,
 )
 from dselect_assets.core.hashing import file_sha256
-from dselect_assets.core.shard_keys import validate_shard_key
-from dselect_assets.core.ingest import (
+from dselect_assets.core.ingest.ingest import (
     DEFAULT_MAX_DOCUMENT_BYTES,
     FIELDS_FILE_NAME,
     FieldMap,
@@ -29,6 +28,7 @@ from dselect_assets.core.ingest import (
     shard_format_or_none,
     write_documents,
 )
+from dselect_assets.core.ingest.shard_keys import validate_shard_key
 from dselect_assets.resources import DataPaths, DuckDBStore
 from dselect_assets.store import corpus as corpus_store
 from dselect_assets.store import coverage

@@ -9,7 +9,7 @@ only: a shard that arrives after the fit costs one matrix product, no judge.
 Re-materializing the probe after the corpus has grown draws the sample again
 (new documents may enter it, so the judge scores those): that is a new producer
 and every shard is re-predicted, cheaply. The algorithms live in
-`dselect_assets.core.distill`.
+`dselect_assets.core.scoring.distill`.
 """
 
 import math
@@ -33,17 +33,17 @@ from dselect_assets.assets.scoring import (
     shard_values,
 )
 from dselect_assets.assets.shard_reader import MissingUpstream, load_embeddings, shard_texts, texts_for
-from dselect_assets.core import distill
 from dselect_assets.core.hashing import content_hash
 from dselect_assets.core.hashing import producer_id as make_producer_id
-from dselect_assets.core.judge_eval import ProbeFileError, load_probe, roc_auc
 from dselect_assets.core.progress import Progress
+from dselect_assets.core.scoring import distill
+from dselect_assets.core.scoring.judge_eval import ProbeFileError, load_probe, roc_auc
 from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, EmbedderResource
 from dselect_assets.store import attributes, catalogue, coverage
 
 KIND = "ask_llm_distilled"
 PROBE_ARTIFACT = "ask_llm_probe"
-# Samplers that rank by the distilled scores, and the rule each applies (core/samplers.py).
+# Samplers that rank by the distilled scores, and the rule each applies (core/selection/samplers.py).
 DISTILLED_SAMPLERS = {"ask_llm_distilled": "ask_llm_topk", "ask_llm_distilled_density": "ask_llm_density"}
 
 
@@ -71,8 +71,8 @@ class ProbeConfig(dg.Config):
     mlp_hidden: int = 256
     mlp_epochs: int = 300
     cv_folds: int = 5
-    length_feature: bool = True  # log(characters) beside the embedding (see core.distill.FitConfig)
-    text_statistics: bool = True  # character/word statistics of the text beside it (core.distill.TEXT_STATISTICS)
+    length_feature: bool = True  # log(characters) beside the embedding (see core.scoring.distill.FitConfig)
+    text_statistics: bool = True  # character/word statistics of the text beside it (core.scoring.distill.TEXT_STATISTICS)
     # Kernel ridge candidates: RBF width over the design rows, ridge penalty, weight of the
     # hashed word/word-pair tf-idf kernel (0: no words). Empty gammas: no kernel candidates.
     kernel_gammas: list[float] = [0.5, 1.0, 2.0]

@@ -3,7 +3,7 @@
 Reads the Parquet export the `selections` asset wrote and, for each document, the shard it
 first came from and the metadata fields ingest carried (the documents files), and writes
 Parquet or dolma-style `jsonl.zst` / `jsonl.gz` files cut by size, with a manifest
-(`dselect_assets/core/export.py`).
+(`dselect_assets/core/selection/export.py`).
 """
 
 import json
@@ -16,7 +16,7 @@ import pydantic
 
 from dselect_assets.assets.common import CATALOGUE_POOL, markdown_table, record_run, register_artifact
 from dselect_assets.assets.selection import partition_selection_key, selection_partitions
-from dselect_assets.core.export import (
+from dselect_assets.core.selection.export import (
     DEFAULT_MAX_BYTES_PER_FILE,
     EXPORT_FORMATS,
     MANIFEST_NAME,

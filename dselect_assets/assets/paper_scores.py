@@ -1,6 +1,6 @@
 """Score producers for the paper's stand-ins that read a model other than the configured ones.
 
-One shard-partitioned asset per (signal, model) of core/paper.py: the larger Ask-LLM judges
+One shard-partitioned asset per (signal, model) of core/selection/paper.py: the larger Ask-LLM judges
 and the other perplexity LMs score through the same shared body as `ask_llm_scores` and
 `perplexity_scores`, with a resource built for their model, and register under that
 resource's name, so a selection of the stand-in finds its scores by name (never "the newest").
@@ -13,7 +13,8 @@ import dagster as dg
 
 from dselect_assets.assets import checks, scoring
 from dselect_assets.assets.common import shards
-from dselect_assets.core import models, paper
+from dselect_assets.core.scoring import models
+from dselect_assets.core.selection import paper
 from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, PerplexityLMResource
 
 _RANGES = {"ask_llm": (0.0, 1.0), "perplexity": (0.0, 30.0)}

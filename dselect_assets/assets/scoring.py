@@ -26,10 +26,10 @@ from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_m
 from dselect_assets.assets.shard_reader import load_embeddings, shard_texts
 from dselect_assets.core.hashing import content_hash
 from dselect_assets.core.hashing import producer_id as make_producer_id
-from dselect_assets.core.judge_eval import roc_auc
-from dselect_assets.core.models import ModelLoadError
+from dselect_assets.core.ingest.shard_keys import validate_shard_key
 from dselect_assets.core.progress import Progress
-from dselect_assets.core.shard_keys import validate_shard_key
+from dselect_assets.core.scoring.judge_eval import roc_auc
+from dselect_assets.core.scoring.models import ModelLoadError
 from dselect_assets.resources import (
     AskLLMJudgeResource,
     DataPaths,

@@ -26,10 +26,11 @@ from dselect_assets.assets.common import (
 )
 from dselect_assets.assets.scoring import perplexity_key, resource_key
 from dselect_assets.assets.shard_reader import MissingUpstream, embedding_rows, texts_for
-from dselect_assets.core import paper, report, samplers
 from dselect_assets.core.hashing import file_sha256, input_version as hashes_version
 from dselect_assets.core.hashing import producer_id as make_producer_id
-from dselect_assets.core.ingest import Document, read_shard
+from dselect_assets.core.ingest.ingest import Document, read_shard
+from dselect_assets.core.lm import report
+from dselect_assets.core.selection import paper, samplers
 from dselect_assets.resources import (
     AskLLMJudgeResource,
     DataPaths,
@@ -59,7 +60,7 @@ FULL_RATE = 1.0
 FULL_DATA_KEY = "full@1.00"
 SELECTION_VERSION = "1"
 # Every sampler value of the partitions: the default samplers, the paper's stand-ins not among
-# them (core/paper.py), and the full data.
+# them (core/selection/paper.py), and the full data.
 SAMPLER_VALUES = [*DEFAULT_SAMPLERS, *(s.name for s in paper.STAND_INS if s.name not in DEFAULT_SAMPLERS),
                   FULL_SAMPLER]
 

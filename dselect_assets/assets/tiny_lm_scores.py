@@ -2,7 +2,7 @@
 
 `tiny_lm_step_checkpoints` trains the LM the full-data selection trains (same training
 config, tokenizer, documents in content-hash order, seed 0) and keeps its weights after each
-share of core/paper.CHECKPOINT_FRACTIONS of the run; one shard-partitioned score asset per
+share of core/selection/paper.CHECKPOINT_FRACTIONS of the run; one shard-partitioned score asset per
 share then scores documents with those weights, through the shared score body, registered
 under paper.tiny_lm_resource(share) for the selections of that stand-in.
 """
@@ -13,8 +13,9 @@ from dselect_assets.assets import checks, scoring
 from dselect_assets.assets.common import CATALOGUE_POOL, record_run, register_artifact, shards
 from dselect_assets.assets.shard_reader import texts_for
 from dselect_assets.assets.training import TrainingConfig, current_tokenizer, selectable_hashes
-from dselect_assets.core import checkpoint_lm, lm_tokenizer, paper
 from dselect_assets.core.hashing import producer_id as make_producer_id
+from dselect_assets.core.lm import checkpoint_lm, lm_tokenizer
+from dselect_assets.core.selection import paper
 from dselect_assets.resources import DataPaths, DuckDBStore
 
 SEED = 0

@@ -25,12 +25,12 @@ from dselect_assets.assets.selection import (
     selection_key,
 )
 from dselect_assets.assets.shard_reader import texts_for
-from dselect_assets.core import lm_tokenizer, report, train
-from dselect_assets.core.evaluate import perplexity, unigram_perplexity
 from dselect_assets.core.hashing import file_sha256
 from dselect_assets.core.hashing import producer_id as make_producer_id
-from dselect_assets.core.models import cpu_bf16_supported
-from dselect_assets.core.tiny_lm import GPTConfig
+from dselect_assets.core.lm import lm_tokenizer, report, train
+from dselect_assets.core.lm.evaluate import perplexity, unigram_perplexity
+from dselect_assets.core.lm.tiny_lm import GPTConfig
+from dselect_assets.core.scoring.models import cpu_bf16_supported
 from dselect_assets.resources import AskLLMJudgeResource, DataPaths, DuckDBStore, PerplexityLMResource
 from dselect_assets.store import selections as selection_store
 from dselect_assets.store import training as training_store
@@ -132,7 +132,7 @@ class TrainingConfig(dg.Config):
     batch_size: int = train.TrainConfig().batch_size
     learning_rate: float = train.TrainConfig().learning_rate
     checkpoint_every: int = train.TrainConfig().checkpoint_every
-    # "auto": bf16 autocast on a CPU with native bf16 (core/train.py), else fp32; "bf16" | "fp32".
+    # "auto": bf16 autocast on a CPU with native bf16 (core/lm/train.py), else fp32; "bf16" | "fp32".
     precision: str = "auto"
 
     def train_config(self, vocab_size: int) -> train.TrainConfig:
@@ -202,7 +202,8 @@ def checkpoints(
     config_json = train_config_json(train_config)
     checkpoint_id = make_producer_id(
         "checkpoint", selection=selection_id, config=train_config.to_dict(), seed=seed,
-        tokenizer=tok_sha, code=train.__name__ + "/1",
+        # The module's name before core/ was regrouped (train.__name__ then): checkpoint ids stay as they were.
+        tokenizer=tok_sha, code="dselect_assets.core.train/1",
     )
     out_dir = paths.dir("checkpoints", checkpoint_id.replace(":", "-"))
     result = train.train_lm(token_docs, train_config, out_dir, seed=seed, resume=True,

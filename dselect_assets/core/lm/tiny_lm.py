@@ -23,7 +23,7 @@ CONFIG_FILE = "config.json"
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int = 4096
-    context_length: int = 64  # more steps per second of training than 128 (core/train.py)
+    context_length: int = 64  # more steps per second of training than 128 (core/lm/train.py)
     d_model: int = 128
     n_layers: int = 3
     n_heads: int = 4

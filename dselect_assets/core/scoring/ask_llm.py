@@ -13,7 +13,7 @@ third from the same pass: the mean NLL of the document's first tokens given the
 prompt, which the perplexity filter uses by default (JudgeDocumentPerplexity).
 
 Speed on CPU comes from: length-sorted batches with left padding (the answer
-position is the last column of every row; core/batching.py, which also computes
+position is the last column of every row; core/scoring/batching.py, which also computes
 exact duplicates once), only the last position's logits (the vocabulary
 projection over every prompt token is skipped), the KV cache of the prompt
 prefix shared by all documents (system prompt and turn header of the chat
@@ -30,8 +30,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dselect_assets.core.batching import map_padded
-from dselect_assets.core.models import (
+from dselect_assets.core.progress import Progress
+from dselect_assets.core.scoring.batching import map_padded
+from dselect_assets.core.scoring.models import (
     ModelSpec,
     default_judge_spec,
     load_causal_or_seq2seq,
@@ -39,7 +40,6 @@ from dselect_assets.core.models import (
     pick_device,
     resolve_dtype,
 )
-from dselect_assets.core.progress import Progress
 
 CODE_VERSION = "ask_llm/1"
 DOC_NLL_CODE_VERSION = "ask_llm_doc_nll/1"

@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from dselect_assets.core import paper
+from dselect_assets.core.selection import paper
 
 Sampler = Callable[["SamplerInputs", float, int], np.ndarray]
 
@@ -304,7 +304,7 @@ def _pairwise_parts(vectors: np.ndarray, seed: int) -> list[np.ndarray]:
     split stays whole."""
     if len(vectors) <= PAIRWISE_ROWS:
         return [np.arange(len(vectors))]
-    from dselect_assets.core import clustering  # faiss, loaded only where a cluster is this large
+    from dselect_assets.core.density import clustering  # faiss, loaded only where a cluster is this large
 
     k = math.ceil(len(vectors) / PAIRWISE_PART_ROWS)
     sample = clustering.training_sample(len(vectors), k, seed)

@@ -2,7 +2,7 @@
 
 Lower is "more likely" text; the paper's perplexity filter keeps the lowest.
 Documents are cut to `max_tokens`, batched by similar length with right padding
-and attention masks (core/batching.py). The vocabulary projection is applied in slices of positions
+and attention masks (core/scoring/batching.py). The vocabulary projection is applied in slices of positions
 so a large vocabulary (49k-262k) never materializes logits for a whole batch.
 Documents with fewer than two tokens have no next-token prediction: NaN.
 """
@@ -13,8 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dselect_assets.core.batching import map_padded
-from dselect_assets.core.models import (
+from dselect_assets.core.progress import Progress
+from dselect_assets.core.scoring.batching import map_padded
+from dselect_assets.core.scoring.models import (
     ModelSpec,
     default_lm_spec,
     load_causal_or_seq2seq,
@@ -22,7 +23,6 @@ from dselect_assets.core.models import (
     pick_device,
     resolve_dtype,
 )
-from dselect_assets.core.progress import Progress
 
 CODE_VERSION = "perplexity/1"
 

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from dselect_assets.core import train
-from dselect_assets.core.batching import map_padded
 from dselect_assets.core.hashing import file_sha256
-from dselect_assets.core.lm_tokenizer import encode_documents, end_of_text_id
+from dselect_assets.core.lm import train
+from dselect_assets.core.lm.lm_tokenizer import encode_documents, end_of_text_id
+from dselect_assets.core.lm.tiny_lm import WEIGHTS_FILE, TinyGPT, load_model, save_model
 from dselect_assets.core.progress import Progress
-from dselect_assets.core.tiny_lm import WEIGHTS_FILE, TinyGPT, load_model, save_model
+from dselect_assets.core.scoring.batching import map_padded
 
 CODE_VERSION = "checkpoint_lm/1"
 
@@ -104,7 +104,7 @@ class CheckpointSpec:
 
 class CheckpointPerplexityScorer:
     """The perplexity-filter scorer over one intermediate checkpoint (the interface of
-    core/perplexity.PerplexityScorer: identity, spec.name, score(texts))."""
+    core/scoring/perplexity.PerplexityScorer: identity, spec.name, score(texts))."""
 
     def __init__(self, model_dir: str | Path, tokenizer: Tokenizer, tokenizer_sha256: str, name: str):
         self.model = load_model(model_dir)

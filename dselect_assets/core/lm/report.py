@@ -32,8 +32,8 @@ from pathlib import Path
 import polars as pl
 from scipy import stats
 
-from dselect_assets.core import paper
 from dselect_assets.core.markdown import markdown_table
+from dselect_assets.core.selection import paper
 
 FULL_SAMPLER = "full"
 RANDOM_SAMPLER = "random"

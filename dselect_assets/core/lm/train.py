@@ -26,8 +26,8 @@ import torch
 import torch.utils.deterministic
 
 from dselect_assets.core.hashing import file_sha256
+from dselect_assets.core.lm.tiny_lm import CONFIG_FILE, WEIGHTS_FILE, GPTConfig, TinyGPT, save_model
 from dselect_assets.core.progress import Progress
-from dselect_assets.core.tiny_lm import CONFIG_FILE, WEIGHTS_FILE, GPTConfig, TinyGPT, save_model
 
 RESUME_STATE_FILE = "resume_state.pt"
 RESULT_FILE = "train_result.json"

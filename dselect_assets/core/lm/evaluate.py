@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from dselect_assets.core.lm_tokenizer import encode_documents, end_of_text_id
-from dselect_assets.core.tiny_lm import TinyGPT, load_model
+from dselect_assets.core.lm.lm_tokenizer import encode_documents, end_of_text_id
+from dselect_assets.core.lm.tiny_lm import TinyGPT, load_model
 
 
 def _concat(token_docs: Sequence[np.ndarray], what: str) -> np.ndarray:

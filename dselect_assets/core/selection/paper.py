@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dselect_assets.core import models
+from dselect_assets.core.scoring import models
 
 # Where the paper's T5-Large checkpoints sit in its 1M-step run (20k..700k; the notes give
 # only the range, so the middle three are spread between), as shares of a training run.
 CHECKPOINT_FRACTIONS = (0.02, 0.10, 0.30, 0.50, 0.70)
 
-TINY_LM = "tiny-lm"  # dselect's own LM (core/tiny_lm.py) trained on the full data
+TINY_LM = "tiny-lm"  # dselect's own LM (core/lm/tiny_lm.py) trained on the full data
 
 
 @dataclass(frozen=True)

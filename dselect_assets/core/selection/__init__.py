@@ -1,0 +1,1 @@
+"""Selection stage: the samplers that choose documents, the paper's configurations, and a selection's export."""

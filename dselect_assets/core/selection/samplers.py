@@ -290,7 +290,7 @@ def _max_similarity_to_earlier(vectors: np.ndarray, block: int = 1024) -> np.nda
         # Columns j of the block against every earlier row i < j: the rows before the block
         # are all earlier, so only the block's own square needs the triangle masked.
         square = vectors[cols] @ vectors[cols].T
-        square[np.tril_indices(len(square))] = -np.inf
+        square[np.tri(len(square), dtype=bool)] = -np.inf
         top = square.max(axis=0)
         if col:
             top = np.maximum(top, (vectors[:col] @ vectors[cols].T).max(axis=0))
@@ -401,7 +401,7 @@ SAMPLERS: dict[str, Sampler] = {
     "ask_llm_topk": ask_llm_topk_sampler,
     "ask_llm_density": ask_llm_density_sampler,
     # The same two rules over the distilled judge's scores (a probe over the embeddings,
-    # core/distill.py); the selection asset passes those as `quality`.
+    # core/scoring/distill.py); the selection asset passes those as `quality`.
     "ask_llm_distilled": ask_llm_topk_sampler,
     "ask_llm_distilled_density": ask_llm_density_sampler,
 }
@@ -421,7 +421,7 @@ REQUIRED_INPUTS: dict[str, frozenset[str]] = {
     "ask_llm_distilled_density": frozenset({"quality", "density"}),
 }
 
-# The paper's configurations (core/paper.py) run as stand-ins: the same rule over another
+# The paper's configurations (core/selection/paper.py) run as stand-ins: the same rule over another
 # model's scores, which the selection asset reads for them.
 for _stand_in in paper.STAND_INS:
     SAMPLERS.setdefault(_stand_in.name, SAMPLERS[_stand_in.rule])

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from dselect_assets.assets.corpus import documents
-from dselect_assets.core.hashing import content_hash, normalize_text
+from dselect_assets.core.hashing import content_hash, hash_order, normalize_text
 from dselect_assets.core.ingest.ingest import Document, Rejection, read_shard
 
 
@@ -188,3 +188,16 @@ def test_read_shard_streams_in_file_order(tmp_path):
     items = list(read_shard(path))
     assert [type(i) for i in items] == [Document, Rejection, Document]
     assert [i.row_number for i in items] == [1, 2, 3]
+
+
+def test_hash_order_sorts_content_hashes_like_a_string_sort():
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    hashes = [content_hash(f"text {i}") for i in range(2000)]
+    # two hashes sharing their first 16 hex digits: the integer keys tie, the strings do not
+    hashes += ["0123456789abcdef" + "f" * 48, "0123456789abcdef" + "0" * 48]
+    array = pa.array(hashes)
+    for part in (array, array.slice(7, 1500)):  # with the tie (string sort); an offset slice without
+        np.testing.assert_array_equal(hash_order(part), pc.sort_indices(part).to_numpy())

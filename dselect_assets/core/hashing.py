@@ -40,11 +40,36 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+_HEX_VALUE = np.zeros(256, dtype=np.uint64)
+_HEX_VALUE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint64)
+
+
+def hash_order(hashes: pa.StringArray) -> np.ndarray:
+    """The indices that sort 64-hex content hashes ascending.
+
+    Sorting by the number the first 16 hex digits spell is a sort of 8-byte integers, where
+    Arrow's string sort compares 64-byte strings through an index per row (3.5x the time of the
+    rest of reading the eligible set at 3M documents). Two texts sharing those 64 bits (about
+    one chance in 40 at a billion documents) fall back to the string sort."""
+    n = len(hashes)
+    offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int32)[hashes.offset: hashes.offset + n + 1]
+    if n < 2 or hashes.null_count or not np.all(np.diff(offsets) == 64):
+        return pc.sort_indices(hashes).to_numpy()
+    chars = np.frombuffer(hashes.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].reshape(n, 64)
+    prefix = np.zeros(n, dtype=np.uint64)
+    for column in range(16):
+        prefix = (prefix << np.uint64(4)) | _HEX_VALUE[chars[:, column]]
+    order = np.argsort(prefix)
+    if np.any(prefix[order][1:] == prefix[order][:-1]):
+        return pc.sort_indices(hashes).to_numpy()
+    return order
+
+
 def sorted_hashes(hashes: pa.Array) -> pa.Array:
     """`hashes` in ascending order; as given when already sorted (the eligible set comes sorted
     from the catalogue: checking costs a comparison per hash, a sort a copy of them all)."""
     if len(hashes) > 1 and not pc.all(pc.less_equal(hashes[:-1], hashes[1:])).as_py():
-        return hashes.take(pc.sort_indices(hashes))
+        return hashes.take(hash_order(hashes))
     return hashes
 
 

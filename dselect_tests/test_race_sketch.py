@@ -10,7 +10,6 @@ from scipy.stats import spearmanr
 
 from dselect_assets.core.density.exact_kde import (
     exact_kernel_sums,
-    expected_race_scores,
     gaussian_kernel,
     pstable_collision_probability,
     race_kernel,
@@ -25,6 +24,16 @@ from dselect_assets.core.density.race_sketch import (
 )
 
 DIM = 384
+
+
+def expected_race_scores(data: np.ndarray, *, bandwidth: float, hashes_per_row: int, buckets: int) -> np.ndarray:
+    """What `RaceSketch.query` estimates, bucket-hash collisions included.
+
+    Two points whose K codes differ still share a bucket with probability 1/B,
+    so E[score(y)] = S(y) + (n - S(y)) / B with S the exact race-kernel sum.
+    """
+    sums = exact_kernel_sums(data, kernel="race", bandwidth=bandwidth, hashes_per_row=hashes_per_row)
+    return sums + (data.shape[0] - sums) / buckets
 
 
 def clustered(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:

@@ -156,19 +156,6 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def count_shard_documents(path: Path) -> int:
-    """Documents in a shard file as ingest will see them (used by tests and the manifest check)."""
-    if path.suffix == ".jsonl":
-        return sum(1 for line in path.read_text(encoding="utf-8").split("\n") if line.strip())
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    if path.suffix == ".txt":
-        return sum(1 for part in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")) if part.strip())
-    raise ValueError(f"{path}: not a shard (.jsonl, .parquet or .txt)")
-
-
 def build_default_corpus(corpus_dir: Path, eval_dir: Path, n_shards: int = 6, seed: int = 0, *,
                          cache_dir: Path | None = None, overwrite: bool = False) -> dict:
     """Write the corpus shards, high-quality set, judge probe and manifest; return the manifest.

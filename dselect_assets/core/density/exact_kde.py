@@ -111,23 +111,3 @@ def exact_kernel_sums(
             sq_dist = faiss.pairwise_distances(q, block, metric=faiss.METRIC_L2)
             sums[q_start : q_start + q.shape[0]] += table.sums(sq_dist)
     return sums
-
-
-def expected_race_scores(
-    data: np.ndarray,
-    queries: np.ndarray | None = None,
-    *,
-    bandwidth: float,
-    hashes_per_row: int,
-    buckets: int,
-    **block_sizes: int,
-) -> np.ndarray:
-    """What `RaceSketch.query` estimates, bucket-hash collisions included.
-
-    Two points whose K codes differ still share a bucket with probability 1/B,
-    so E[score(y)] = S(y) + (n - S(y)) / B with S the exact race-kernel sum.
-    """
-    sums = exact_kernel_sums(
-        data, queries, kernel="race", bandwidth=bandwidth, hashes_per_row=hashes_per_row, **block_sizes
-    )
-    return sums + (data.shape[0] - sums) / buckets

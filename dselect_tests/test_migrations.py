@@ -24,6 +24,9 @@ SELECT content_hash,
 FROM documents GROUP BY content_hash ORDER BY content_hash
 """
 
+# `contents` as the code before 012 wrote it (012 adds hash_key)
+CONTENTS_ROWS = "SELECT content_hash, shard, row_number, doc_id, n_chars, occurrences FROM contents ORDER BY content_hash"
+
 # shard, row, text: "t1" is in all three shards, "t2" twice in b (rows 12 > 2 lexically), "t3" in b and c.
 DOCUMENTS = [
     ("b.jsonl", 2, "t2"), ("b.jsonl", 12, "t2"), ("b.jsonl", 3, "t1"), ("b.jsonl", 4, "t3"),
@@ -59,7 +62,7 @@ def old_store(tmp_path):
     for shard, row, text in DOCUMENTS:
         con.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?)",
                     [shard, row, f"{shard}:{row}", f"hash-{text}", len(text), len(text)])
-    before = con.execute("SELECT * FROM contents ORDER BY content_hash").fetchall()
+    before = con.execute(CONTENTS_ROWS).fetchall()
     assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'contents'").fetchall() \
         == [("VIEW",)]
     con.close()
@@ -75,7 +78,7 @@ def test_migration_010_drops_the_content_hash_indexes_that_made_ingest_quadratic
     with store_module.connect(database) as con:
         assert con.execute(indexes).fetchall() == [] and con.execute(keys).fetchall() == []
         assert 10 in [v for (v,) in con.execute("SELECT version FROM schema_version").fetchall()]
-        assert con.execute("SELECT * FROM contents ORDER BY content_hash").fetchall() == before
+        assert con.execute(CONTENTS_ROWS).fetchall() == before
 
 
 def test_migration_turns_the_contents_view_into_a_table_with_the_same_rows(tmp_path):
@@ -85,7 +88,7 @@ def test_migration_turns_the_contents_view_into_a_table_with_the_same_rows(tmp_p
         assert 5 in versions
         assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'contents'"
                            ).fetchall() == [("BASE TABLE",)]
-        assert con.execute("SELECT * FROM contents ORDER BY content_hash").fetchall() == before
+        assert con.execute(CONTENTS_ROWS).fetchall() == before
         # shards "arrived" in name order, so the old lexical owners are the earliest arrivals
         assert con.execute("SELECT shard, arrival FROM shard_arrivals ORDER BY arrival").fetchall() == [
             ("a.jsonl", 1), ("b.jsonl", 2), ("c.jsonl", 3)]
@@ -109,7 +112,7 @@ def test_a_migrated_store_moves_ownership_when_a_shard_is_retired(tmp_path):
     # the lexical rule agrees on what is left, since the migrated arrival order is the name order
     with duckdb.connect(str(database), read_only=True) as con:
         expected = con.execute(OLD_CONTENTS_VIEW).fetchall()
-        assert con.execute("SELECT * FROM contents ORDER BY content_hash").fetchall() == expected
+        assert con.execute(CONTENTS_ROWS).fetchall() == expected
         assert con.execute("SELECT shard, n_documents, reason FROM retired_shards").fetchall() == [
             ("a.jsonl", 2, "file deleted from the corpus directory")]
 
@@ -271,3 +274,31 @@ def test_migration_011_moves_cluster_assignments_to_the_clusterings_attribute_fi
     cluster, assigned = selection_store.clusters_of(database.parent / "attributes", clustering,
                                                     [hashes[2], "f" * 64, hashes[0], hashes[1]])
     assert cluster.tolist() == [2, -1, 2, 0] and assigned.tolist() == [True, False, True, True]
+
+
+def test_migration_012_keys_contents_by_hash_prefix_and_ownership_still_moves(tmp_path):
+    from dselect_assets.core.hashing import content_hash
+
+    database = tmp_path / "home" / "dselect.duckdb"
+    database.parent.mkdir()
+    con = schema_before(tmp_path, 12, database)
+    texts = {"a.jsonl": ["alpha", "shared"], "b.jsonl": ["beta", "shared"]}
+    hashes = {t: content_hash(t) for ts in texts.values() for t in ts}
+    for arrival, (shard, shard_texts) in enumerate(texts.items(), 1):
+        con.execute("INSERT INTO shards VALUES (?, ?, 'jsonl', 1, ?, 2, 2, 0, 0, ?, 'd', now(), 'run')",
+                    [shard, f"/corpus/{shard}", f"sha-{shard}", f"/nowhere/{shard}.parquet"])
+        con.execute("INSERT INTO shard_arrivals VALUES (?, ?, now())", [shard, arrival])
+        for row, text in enumerate(shard_texts, 1):
+            con.execute("INSERT INTO documents VALUES (?, ?, ?, ?, 5, 5)", [shard, row, f"{shard}:{row}", hashes[text]])
+    con.execute("INSERT INTO contents SELECT content_hash, arg_min(shard, shard), arg_min(row_number, shard),"
+                " arg_min(doc_id, shard), 5, count(*) FROM documents GROUP BY content_hash")
+    con.close()
+    with store_module.connect(database) as con:
+        keys = dict(con.execute("SELECT content_hash, hash_key FROM contents").fetchall())
+    assert keys == {h: int(h[:16], 16) for h in hashes.values()}
+    # retiring a finds "shared" in contents by its key: it moves to b, and alpha leaves
+    store = DuckDBStore(database=str(database))
+    corpus.retire_shard(store, "a.jsonl", "file deleted from the corpus directory")
+    assert store.query("SELECT content_hash, shard, occurrences, hash_key FROM contents ORDER BY shard, row_number") == [
+        (hashes["beta"], "b.jsonl", 1, int(hashes["beta"][:16], 16)),
+        (hashes["shared"], "b.jsonl", 1, int(hashes["shared"][:16], 16))]

@@ -163,7 +163,8 @@ def test_validation_split_is_the_hashes_below_the_fraction_of_32_bits(tmp_path):
 
     hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(2000)]
     with store.connect(tmp_path / "s.duckdb") as con:
-        con.executemany("INSERT INTO contents VALUES (?, 'a.jsonl', ?, ?, 10, 1)",
+        con.executemany("INSERT INTO contents (content_hash, shard, row_number, doc_id, n_chars, occurrences)"
+                        " VALUES (?, 'a.jsonl', ?, ?, 10, 1)",
                         [[h, i, f"doc-{i}"] for i, h in enumerate(hashes)])
         for fraction in (0.0, 0.1, 0.5, 1.0):
             split = selections.validation_split(con, fraction)

@@ -52,6 +52,11 @@ def record_arrival(con: duckdb.DuckDBPyConnection, shard: str) -> None:
         con.execute("INSERT INTO shard_arrivals VALUES (?, ?, now())", [shard, last + 1])
 
 
+def hash_key_sql(column: str) -> str:
+    """SQL for `contents.hash_key` of a content hash column: its first 64 bits (sql/012)."""
+    return f"coalesce(TRY_CAST('0x' || left({column}, 16) AS UBIGINT), 0)"
+
+
 def update_owners(con: duckdb.DuckDBPyConnection, shard: str) -> None:
     """Re-derive the `contents` rows of every text `shard` held (noted before) or holds now.
 
@@ -67,13 +72,16 @@ def update_owners(con: duckdb.DuckDBPyConnection, shard: str) -> None:
     # A touched text `contents` does not list was held by no shard before: only `shard` holds it,
     # and its rows there decide its owner. Only the texts `contents` lists need every shard's rows
     # (a scan of all of `documents`), which a growing corpus's new shard mostly does not have.
+    # Found by hash key (sql/012): a superset of the touched texts `contents` lists, each of which
+    # the slow path below re-derives (one the shard never held keeps its owner).
     # (IN builds its hash table on the touched texts, a shard's worth, and streams `contents` past it)
     con.execute("CREATE OR REPLACE TEMP TABLE _known AS SELECT content_hash FROM contents"
-                f" WHERE content_hash IN (SELECT content_hash FROM {_TOUCHED})")
+                f" WHERE hash_key IN (SELECT {hash_key_sql('content_hash')} FROM {_TOUCHED})")
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _new_owners AS"
         " SELECT d.content_hash, d.shard, min(d.row_number) AS row_number, arg_min(d.doc_id, d.row_number) AS doc_id,"
-        "  arg_min(d.n_chars, d.row_number) AS n_chars, count(*) AS occurrences"
+        "  arg_min(d.n_chars, d.row_number) AS n_chars, count(*) AS occurrences,"
+        f"  {hash_key_sql('d.content_hash')} AS hash_key"
         f" FROM documents d WHERE d.shard = ? AND d.content_hash NOT IN (SELECT content_hash FROM _known)"
         " GROUP BY d.content_hash, d.shard",
         [shard],
@@ -81,7 +89,7 @@ def update_owners(con: duckdb.DuckDBPyConnection, shard: str) -> None:
     if con.execute("SELECT count(*) FROM _known").fetchone()[0]:
         con.execute(
             "INSERT INTO _new_owners"
-            " SELECT content_hash, shard, row_number, doc_id, n_chars, occurrences FROM ("
+            f" SELECT content_hash, shard, row_number, doc_id, n_chars, occurrences, {hash_key_sql('content_hash')} FROM ("
             "  SELECT d.content_hash, d.shard, d.row_number, d.doc_id, d.n_chars,"
             "   count(*) OVER (PARTITION BY d.content_hash) AS occurrences,"
             "   row_number() OVER (PARTITION BY d.content_hash ORDER BY"
@@ -92,7 +100,7 @@ def update_owners(con: duckdb.DuckDBPyConnection, shard: str) -> None:
             " ) WHERE pick = 1"
         )
         con.execute("DELETE FROM contents WHERE content_hash IN (SELECT content_hash FROM _known)")
-    con.execute("INSERT INTO contents SELECT * FROM _new_owners")
+    con.execute("INSERT INTO contents BY NAME SELECT * FROM _new_owners")
     con.execute(f"DROP TABLE {_TOUCHED}")
     con.execute("DROP TABLE _known")
     con.execute("DROP TABLE _new_owners")

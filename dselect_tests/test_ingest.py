@@ -198,6 +198,9 @@ def test_hash_order_sorts_content_hashes_like_a_string_sort():
     hashes = [content_hash(f"text {i}") for i in range(2000)]
     # two hashes sharing their first 16 hex digits: the integer keys tie, the strings do not
     hashes += ["0123456789abcdef" + "f" * 48, "0123456789abcdef" + "0" * 48]
+    # not lowercase hex: sorted as strings ("A" < "a")
+    hashes += ["A" * 64, "Z" * 64]
     array = pa.array(hashes)
-    for part in (array, array.slice(7, 1500)):  # with the tie (string sort); an offset slice without
+    # all of it; the 64-bit tie alone; an offset slice with neither
+    for part in (array, array.slice(0, 2002), array.slice(7, 1500)):
         np.testing.assert_array_equal(hash_order(part), pc.sort_indices(part).to_numpy())

@@ -42,6 +42,8 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 _HEX_VALUE = np.zeros(256, dtype=np.uint64)
 _HEX_VALUE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint64)
+_IS_HEX = np.zeros(256, dtype=bool)
+_IS_HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = True
 
 
 def hash_order(hashes: pa.StringArray) -> np.ndarray:
@@ -56,6 +58,8 @@ def hash_order(hashes: pa.StringArray) -> np.ndarray:
     if n < 2 or hashes.null_count or not np.all(np.diff(offsets) == 64):
         return pc.sort_indices(hashes).to_numpy()
     chars = np.frombuffer(hashes.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].reshape(n, 64)
+    if not np.all(_IS_HEX[chars[:, :16]]):  # not lowercase hex: the integers would not sort like the strings
+        return pc.sort_indices(hashes).to_numpy()
     prefix = np.zeros(n, dtype=np.uint64)
     for column in range(16):
         prefix = (prefix << np.uint64(4)) | _HEX_VALUE[chars[:, column]]

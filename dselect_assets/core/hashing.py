@@ -46,6 +46,16 @@ _IS_HEX = np.zeros(256, dtype=bool)
 _IS_HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = True
 
 
+def hash_characters(hashes: pa.StringArray) -> np.ndarray | None:
+    """The characters of 64-character strings as a [n, 64] uint8 view of the Arrow buffer, or
+    None when some string is null or not 64 characters long."""
+    n = len(hashes)
+    offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int32)[hashes.offset: hashes.offset + n + 1]
+    if n == 0 or hashes.null_count or not np.all(np.diff(offsets) == 64):
+        return None
+    return np.frombuffer(hashes.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].reshape(n, 64)
+
+
 def hash_order(hashes: pa.StringArray) -> np.ndarray:
     """The indices that sort 64-hex content hashes ascending.
 
@@ -53,11 +63,10 @@ def hash_order(hashes: pa.StringArray) -> np.ndarray:
     Arrow's string sort compares 64-byte strings through an index per row (3.5x the time of the
     rest of reading the eligible set at 3M documents). Two texts sharing those 64 bits (about
     one chance in 40 at a billion documents) fall back to the string sort."""
-    n = len(hashes)
-    offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int32)[hashes.offset: hashes.offset + n + 1]
-    if n < 2 or hashes.null_count or not np.all(np.diff(offsets) == 64):
+    chars = hash_characters(hashes) if len(hashes) > 1 else None
+    if chars is None:
         return pc.sort_indices(hashes).to_numpy()
-    chars = np.frombuffer(hashes.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].reshape(n, 64)
+    n = len(hashes)
     if not np.all(_IS_HEX[chars[:, :16]]):  # not lowercase hex: the integers would not sort like the strings
         return pc.sort_indices(hashes).to_numpy()
     prefix = np.zeros(n, dtype=np.uint64)

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dselect_assets.core.hashing import hash_characters
 from dselect_assets.store.errors import CorruptFile, MissingUpstream
 
 HASH_BYTES = 16
@@ -70,9 +71,8 @@ def hash_keys(hex_hashes) -> pa.FixedSizeBinaryArray:
     """The 16-byte keys of 64-hex content hashes, decoded from the Arrow buffer in one call."""
     hashes = as_strings(hex_hashes)
     n = len(hashes)
-    offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int32)[hashes.offset: hashes.offset + n + 1]
-    if n and hashes.null_count == 0 and np.all(np.diff(offsets) == 64):
-        chars = np.frombuffer(hashes.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].reshape(n, 64)
+    chars = hash_characters(hashes)
+    if chars is not None:
         raw = bytes.fromhex(chars[:, : 2 * HASH_BYTES].tobytes().decode("ascii"))
         return pa.FixedSizeBinaryArray.from_buffers(pa.binary(HASH_BYTES), n, [None, pa.py_buffer(raw)])
     return pa.array([bytes.fromhex(h[: 2 * HASH_BYTES]) for h in hashes.to_pylist()], pa.binary(HASH_BYTES))

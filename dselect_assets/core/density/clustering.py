@@ -28,7 +28,8 @@ class KMeansResult:
 
 
 # Above a million documents sqrt(n) clusters would make assignment cost grow as n^1.5; at
-# 1,024 a cluster of a 10M corpus still holds ~10k documents, SemDeDup's unit of work.
+# 1,024 a cluster of a 10M corpus holds ~10k documents (SemDeDup compares a large one within
+# parts of it: core/selection/samplers.py PAIRWISE_ROWS).
 MAX_DEFAULT_K = 1024
 # faiss trains on at most this many points per centroid (its own default): the sample the
 # caller loads, so training memory is bounded by k, not by the corpus.

@@ -284,15 +284,25 @@ def test_semdedup_and_prototypes_read_whole_clusters_in_bounded_groups(full_inpu
     rows = ShuffledRows(full_inputs.embeddings.array)
     grouped = SamplerInputs(n=full_inputs.n, embeddings=rows, clusters=full_inputs.clusters)
     np.testing.assert_array_equal(semdedup_max_similarity(grouped), similarity)
-    # One cluster at a time here (each is larger than a group), never the corpus.
-    assert max(rows.reads) == largest and len(rows.reads) > len(np.unique(full_inputs.clusters))
+    # One cluster at a time here (each is larger than a group), never the corpus, and each vector
+    # once: the cluster means come from the same reads.
+    assert sorted(rows.reads) == sorted(np.bincount(full_inputs.clusters).tolist())
+    assert max(rows.reads) == largest
     # The cluster means are summed in another order: equal up to rounding.
     np.testing.assert_allclose(nearest_centroid_distance(grouped), distance, rtol=1e-5)
     assert max(rows.reads[-10:]) == 37
 
 
-def test_prototypes_and_semdedup_work_without_given_centroids(full_inputs):
-    bare = SamplerInputs(n=full_inputs.n, embeddings=full_inputs.embeddings, clusters=full_inputs.clusters)
+def test_prototypes_and_semdedup_without_given_centroids_use_the_cluster_means(full_inputs):
+    emb, clusters = full_inputs.embeddings.array, full_inputs.clusters
+    means = np.stack([emb[clusters == c].mean(axis=0) for c in range(clusters.max() + 1)])
+    bare = SamplerInputs(n=full_inputs.n, embeddings=emb, clusters=clusters)
+    given = SamplerInputs(n=full_inputs.n, embeddings=emb, clusters=clusters, centroids=means)
+    # the centroids decide the order within a cluster, so other ones would change the answer
+    moved = SamplerInputs(n=full_inputs.n, embeddings=emb, clusters=clusters, centroids=means[::-1].copy())
+    assert not np.array_equal(semdedup_max_similarity(moved), semdedup_max_similarity(given))
+    np.testing.assert_allclose(nearest_centroid_distance(bare), nearest_centroid_distance(given), rtol=1e-5)
+    np.testing.assert_array_equal(semdedup_max_similarity(bare), semdedup_max_similarity(given))
     for name in ("prototypes", "semdedup"):
         assert len(SAMPLERS[name](bare, 0.5, 0)) == target_size(bare.n, 0.5)
 

@@ -250,15 +250,23 @@ def _blocks(rows: EmbeddingRows):
         yield positions, rows.read(positions)
 
 
-def _cluster_centroids(inputs: SamplerInputs) -> np.ndarray:
+def _given_centroids(inputs: SamplerInputs) -> np.ndarray | None:
+    """The inputs' centroids, checked against the cluster ids, or None when they give none."""
     n_clusters = int(inputs.clusters.max()) + 1
-    if inputs.centroids is not None:
-        if inputs.centroids.ndim != 2 or inputs.centroids.shape[0] < n_clusters:
-            raise ValueError(
-                f"centroids must have >= {n_clusters} rows (largest cluster id {n_clusters - 1}), "
-                f"got shape {list(inputs.centroids.shape)}"
-            )
-        return inputs.centroids
+    if inputs.centroids is not None and (inputs.centroids.ndim != 2 or inputs.centroids.shape[0] < n_clusters):
+        raise ValueError(
+            f"centroids must have >= {n_clusters} rows (largest cluster id {n_clusters - 1}), "
+            f"got shape {list(inputs.centroids.shape)}"
+        )
+    return inputs.centroids
+
+
+def _cluster_centroids(inputs: SamplerInputs) -> np.ndarray:
+    """The given centroids, or each cluster's mean embedding (one pass over every vector)."""
+    given = _given_centroids(inputs)
+    if given is not None:
+        return given
+    n_clusters = int(inputs.clusters.max()) + 1
     sums = np.zeros((n_clusters, inputs.embeddings.dim), dtype=np.float64)
     for positions, vectors in _blocks(inputs.embeddings):
         ids = inputs.clusters[positions]
@@ -333,15 +341,21 @@ def semdedup_max_similarity(inputs: SamplerInputs) -> np.ndarray:
     and share a part; a document's value can only be lower than the whole cluster's.
     """
     inputs.need("semdedup", "embeddings", "clusters")
-    centroids = _cluster_centroids(inputs)
+    centroids = _given_centroids(inputs)
     best = np.full(inputs.n, -np.inf)
     order = np.argsort(inputs.clusters, kind="stable")  # by cluster, then index
     # Whole clusters a group at a time: memory follows the group, not the corpus, and each
-    # vector is read once here (its distance to the centroid from the same read).
+    # vector is read once here (its distance to the centroid from the same read; without given
+    # centroids, a cluster's mean is taken from its members read here, not from a pass of its own).
     for group_start, group_stop, clusters in _cluster_groups(inputs.clusters[order]):
         positions = order[group_start:group_stop]
         vectors = inputs.embeddings.read(positions)
-        to_centroid = np.linalg.norm(vectors - centroids[inputs.clusters[positions]], axis=1)
+        to_centroid = np.empty(len(positions), dtype=np.float32)
+        for start, stop in clusters:
+            rows = slice(start - group_start, stop - group_start)
+            centre = (vectors[rows].mean(axis=0, dtype=np.float64).astype(np.float32) if centroids is None
+                      else centroids[inputs.clusters[positions[rows.start]]])
+            to_centroid[rows] = np.linalg.norm(vectors[rows] - centre, axis=1)
         vectors = _unit_rows(vectors)
         for start, stop in clusters:
             rows = slice(start - group_start, stop - group_start)

@@ -75,8 +75,13 @@ def update_owners(con: duckdb.DuckDBPyConnection, shard: str) -> None:
     # Found by hash key (sql/012): a superset of the touched texts `contents` lists, each of which
     # the slow path below re-derives (one the shard never held keeps its owner).
     # (IN builds its hash table on the touched texts, a shard's worth, and streams `contents` past it)
-    con.execute("CREATE OR REPLACE TEMP TABLE _known AS SELECT content_hash FROM contents"
+    # By row id first: a query that returns the hashes reads the whole 64-hex column to filter it,
+    # 0.3 s a shard at 10M documents against 0.1 s for the keys alone; only the few rows that
+    # match are then read whole.
+    con.execute("CREATE OR REPLACE TEMP TABLE _known_rows AS SELECT rowid AS known_row FROM contents"
                 f" WHERE hash_key IN (SELECT {hash_key_sql('content_hash')} FROM {_TOUCHED})")
+    con.execute("CREATE OR REPLACE TEMP TABLE _known AS SELECT content_hash FROM contents"
+                " WHERE rowid IN (SELECT known_row FROM _known_rows)")
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _new_owners AS"
         " SELECT d.content_hash, d.shard, min(d.row_number) AS row_number, arg_min(d.doc_id, d.row_number) AS doc_id,"
@@ -103,6 +108,7 @@ def update_owners(con: duckdb.DuckDBPyConnection, shard: str) -> None:
     con.execute("INSERT INTO contents BY NAME SELECT * FROM _new_owners")
     con.execute(f"DROP TABLE {_TOUCHED}")
     con.execute("DROP TABLE _known")
+    con.execute("DROP TABLE _known_rows")
     con.execute("DROP TABLE _new_owners")
 
 

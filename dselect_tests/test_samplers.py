@@ -132,6 +132,17 @@ def test_random_samplers_differ_across_seeds(full_inputs, name):
     assert not np.array_equal(SAMPLERS[name](full_inputs, 0.3, 1), SAMPLERS[name](full_inputs, 0.3, 2))
 
 
+def test_top_keeps_the_largest_keys_and_breaks_ties_as_the_full_sort_does():
+    from dselect_assets.core.selection.samplers import _top
+
+    keys = np.random.default_rng([7, 1]).integers(0, 5, size=500).astype(float)  # ties everywhere
+    keys[[3, 30, 300]] = np.inf
+    for k in (0, 1, 3, 4, 99, 100, 101, 250, 499, 500):
+        draws = np.random.default_rng(k).random(len(keys))
+        expected = np.sort(np.lexsort((draws, -keys))[:k])
+        np.testing.assert_array_equal(_top(keys, k, np.random.default_rng(k)), expected)
+
+
 def test_target_size_rounds_and_rejects_bad_rates():
     assert target_size(10, 0.25) == 3  # 2.5 rounds half up
     assert target_size(1000, 0.001) == 1

@@ -137,9 +137,23 @@ def _rng(seed: int) -> np.random.Generator:
 
 
 def _top(keys: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of the k largest keys; exact ties broken at random."""
-    order = np.lexsort((rng.random(keys.shape[0]), -keys))
-    return np.sort(order[:k])
+    """Sorted indices of the k largest keys; exact ties broken at random (by a uniform draw per
+    key, the smaller draw first): the first k of np.lexsort((draws, -keys)).
+
+    Found by partition rather than by that sort, which cost 5.5 s at 10M keys against 0.27 s
+    at 1M; only the keys tied at the k-th largest are sorted, by their draws.
+    """
+    n = keys.shape[0]
+    draws = rng.random(n)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    kth = np.partition(keys, n - k)[n - k]
+    above = np.flatnonzero(keys > kth)
+    tied = np.flatnonzero(keys == kth)
+    chosen = tied[np.argsort(draws[tied], kind="stable")[: k - above.size]]
+    return np.sort(np.concatenate([above, chosen]))
 
 
 def _gumbel_top(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

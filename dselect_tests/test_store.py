@@ -171,3 +171,29 @@ def test_validation_split_is_the_hashes_below_the_fraction_of_32_bits(tmp_path):
             expected = sorted(h for h in hashes if int(h[:8], 16) < int(fraction * 2**32))
             assert split["content_hash"].to_pylist() == expected
             assert split["doc_id"].to_pylist() == [f"doc-{hashes.index(h)}" for h in expected]
+
+
+def test_vector_rows_read_runs_of_nearby_rows_and_name_a_cut_file(tmp_path):
+    import hashlib
+
+    import numpy as np
+    import pytest
+
+    from dselect_assets.store import attributes
+    from dselect_assets.store.errors import CorruptFile
+
+    producer = "embedding:dddddddddddddddd"
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(400)]
+    vectors = np.random.default_rng(0).standard_normal((400, 8)).astype(np.float32)
+    hash_file = attributes.write_vectors(tmp_path, producer, "a.jsonl", hashes, vectors)
+    gap = attributes.ROW_GAP
+    # rows just within and just beyond the gap that joins them into one read, a repeat, the last row
+    wanted = np.array([0, gap, 2 * gap + 1, 2 * gap + 1, 5 * gap, 5 * gap + 1, 399, 3])
+    with duckdb.connect() as con:
+        rows = attributes.VectorRows(con, tmp_path, producer, hashes)
+        np.testing.assert_array_equal(rows.read(wanted), vectors[wanted])
+        np.testing.assert_array_equal(rows.read(np.arange(400)), vectors)
+        npy = hash_file.with_suffix(".npy")
+        npy.write_bytes(npy.read_bytes()[: -8 * 4 * 10])  # the last ten rows cut off, the header intact
+        with pytest.raises(CorruptFile, match=rf"{npy.name}: unreadable embedding file.*re-materialize embeddings"):
+            rows.read(np.array([0, 3]))

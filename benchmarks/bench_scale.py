@@ -146,14 +146,14 @@ def _resources(home: Path, corpus: Path) -> dict:
 def write_inputs(resources: dict, shard_names: list[str]) -> int:
     """Seeded embeddings, Ask-LLM and perplexity scores for every document, through the writers
     the scoring assets use, under producers registered as the default resources' results."""
-    from dselect_assets.assets.scoring import perplexity_key, register_producer, resource_key
+    from dselect_assets.assets.scoring import embedding_identity, perplexity_key, register_producer, resource_key
     from dselect_assets.assets.shard_reader import shard_texts
     from dselect_assets.core.hashing import producer_id as make_producer_id
     from dselect_assets.store import attributes
 
     store, paths = resources["store"], resources["paths"]
     identities = {kind: {"model": f"synthetic:{kind}", "seed": SEED} for kind in ("ask_llm", "perplexity")}
-    identities["embedding"] = SyntheticEmbedder.identity
+    identities["embedding"] = embedding_identity(SyntheticEmbedder.identity)
     producers = {kind: make_producer_id(kind, **identity) for kind, identity in identities.items()}
     keys = {"embedding": resource_key("embedding", resources["embedder"]),
             "ask_llm": resource_key("ask_llm", resources["judge"]),

@@ -151,7 +151,7 @@ def store_before_008(tmp_path):
             (hashes["shared"], "density:cccccccccccccccc", 0.0625, None, None)]
     for row in rows:
         con.execute("INSERT INTO scores VALUES (?, ?, ?, ?, ?, 'run')", list(row))
-    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    vectors = (np.arange(12, dtype=np.float32) / 3).reshape(3, 4)  # thirds: float16 would round them
     npy = home / "embeddings" / "embedding-dddddddddddddddd" / "a.jsonl" / "chunk.npy"
     npy.parent.mkdir(parents=True)
     np.save(npy, vectors)

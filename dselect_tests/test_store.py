@@ -136,7 +136,7 @@ def test_vector_rows_read_the_positions_asked_for_across_chunk_files(tmp_path):
 
     producer = "embedding:dddddddddddddddd"
     hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)]
-    vectors = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    vectors = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float16).astype(np.float32)
     attributes.write_vectors(tmp_path, producer, "a.jsonl", hashes[:200], vectors[:200])
     attributes.write_vectors(tmp_path, producer, "b.jsonl", hashes[200:], vectors[200:])
     wanted = np.random.default_rng(1).permutation(300)
@@ -185,7 +185,7 @@ def test_vector_rows_read_runs_of_nearby_rows_and_name_a_cut_file(tmp_path):
     producer = "embedding:dddddddddddddddd"
     hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(400)]
     vectors = np.random.default_rng(0).standard_normal((400, 8)).astype(np.float32)
-    hash_file = attributes.write_vectors(tmp_path, producer, "a.jsonl", hashes, vectors)
+    hash_file = attributes.write_vectors(tmp_path, producer, "a.jsonl", hashes, vectors, np.float32)
     gap = attributes.ROW_GAP
     # rows just within and just beyond the gap that joins them into one read, a repeat, the last row
     wanted = np.array([0, gap, 2 * gap + 1, 2 * gap + 1, 5 * gap, 5 * gap + 1, 399, 3])
@@ -197,3 +197,31 @@ def test_vector_rows_read_runs_of_nearby_rows_and_name_a_cut_file(tmp_path):
         npy.write_bytes(npy.read_bytes()[: -8 * 4 * 10])  # the last ten rows cut off, the header intact
         with pytest.raises(CorruptFile, match=rf"{npy.name}: unreadable embedding file.*re-materialize embeddings"):
             rows.read(np.array([0, 3]))
+
+
+def test_vectors_are_stored_as_float16_and_read_as_float32_with_older_float32_files(tmp_path):
+    import hashlib
+
+    import numpy as np
+
+    from dselect_assets.assets.scoring import embedding_identity
+    from dselect_assets.core.hashing import producer_id
+    from dselect_assets.store import attributes
+
+    producer = "embedding:dddddddddddddddd"
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(50)]
+    vectors = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    new = attributes.write_vectors(tmp_path, producer, "a.jsonl", hashes[:30], vectors[:30])
+    old = attributes.write_vectors(tmp_path, producer, "b.jsonl", hashes[30:], vectors[30:], np.float32)
+    assert np.load(new.with_suffix(".npy")).dtype == np.float16
+    assert np.load(old.with_suffix(".npy")).dtype == np.float32
+    with duckdb.connect() as con:
+        read = attributes.read_vectors(con, tmp_path, producer, hashes)
+    assert read.dtype == np.float32
+    np.testing.assert_array_equal(read[:30], vectors[:30].astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(read[30:], vectors[30:])
+    assert 0 < np.abs(read[:30] - vectors[:30]).max() < 1e-3
+    # rounded vectors are other values: their producer is not the unrounded one's
+    model = {"model": "m", "dtype": "float32"}
+    assert producer_id("embedding", **embedding_identity(model)) != producer_id("embedding", **model)

@@ -22,7 +22,7 @@ import pyarrow as pa
 from dselect_assets.assets import checks
 from dselect_assets.assets.common import CATALOGUE_POOL, eager_after_checks, record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, histogram_png, png_markdown, summary
-from dselect_assets.assets.scoring import load_model, register_producer
+from dselect_assets.assets.scoring import embedder_producer, load_model, register_producer
 from dselect_assets.assets.shard_reader import load_embeddings
 from dselect_assets.core.density import clustering, race_sketch
 from dselect_assets.core.hashing import hash_set_digest, input_version
@@ -43,10 +43,6 @@ class SketchConfig(dg.Config):
     hashes_per_row: int = race_sketch.DEFAULT_HASHES_PER_ROW
     pool: int = race_sketch.DEFAULT_POOL or 0  # 0: fresh projections for every row
     seed: int = race_sketch.DEFAULT_SEED
-
-
-def embedder_producer(embedder: EmbedderResource) -> str:
-    return make_producer_id("embedding", **load_model(embedder).identity)
 
 
 def sketch_producer(config: SketchConfig, embedding_producer: str) -> str:

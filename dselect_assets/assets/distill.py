@@ -24,6 +24,7 @@ from dselect_assets.assets import checks
 from dselect_assets.assets.common import CATALOGUE_POOL, markdown_table, record_run, register_artifact, shards
 from dselect_assets.assets.plots import histogram_markdown, summary
 from dselect_assets.assets.scoring import (
+    embedder_producer,
     load_model,
     missing_documents,
     register_producer,
@@ -216,7 +217,7 @@ def ask_llm_probe(
         raise dg.Failure(f"rank_column must be one of {', '.join(distill.TARGETS)}, got {config.rank_column!r}")
     col = distill.TARGETS.index(config.rank_column)
     other = distill.TARGETS[1 - col]
-    embedding_producer = make_producer_id("embedding", **load_model(embedder).identity)
+    embedding_producer = embedder_producer(embedder)
 
     with store.connect(read_only=True) as con:
         corpus = pl.from_arrow(coverage.contents_columns(con))
@@ -369,7 +370,7 @@ def ask_llm_distilled_scores(
     paths: DataPaths,
 ) -> dg.MaterializeResult:
     shard = context.partition_key
-    embedding_producer = make_producer_id("embedding", **load_model(embedder).identity)
+    embedding_producer = embedder_producer(embedder)
     try:
         producer, probe_file = find_probe(store, embedding_producer, config.probe_producer)
     except MissingUpstream as exc:

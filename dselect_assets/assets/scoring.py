@@ -66,6 +66,17 @@ def load_model(resource, judge: AskLLMJudgeResource | None = None):
         raise dg.Failure(description=f"model could not be loaded: {exc}") from exc
 
 
+def embedding_identity(model_identity: dict) -> dict:
+    """What determines stored embeddings: the embedder's identity and the precision the store
+    rounds them to (attributes.VECTOR_DTYPE)."""
+    return {**model_identity, "stored_as": attributes.VECTOR_DTYPE.name}
+
+
+def embedder_producer(embedder: EmbedderResource) -> str:
+    """The producer id of the configured embedder's stored embeddings."""
+    return make_producer_id("embedding", **embedding_identity(load_model(embedder).identity))
+
+
 # Resource settings that change how fast a result is computed, not what it is.
 _SPEED_ONLY_SETTINGS = ("batch_size",)
 
@@ -333,7 +344,7 @@ def perplexity_scores(
     code_version=SCORING_VERSION,
     kinds={"pytorch", "parquet"},
     check_specs=[checks.spec("unit_norm_and_dimension", "embeddings", "every vector has the model's dimension and unit norm")],
-    description="L2-normalized sentence embeddings (float32 .npy beside a Parquet file of content hashes, "
+    description="L2-normalized sentence embeddings (float16 .npy beside a Parquet file of content hashes, "
     "per shard chunk).",
 )
 def embeddings(
@@ -345,13 +356,14 @@ def embeddings(
 ) -> dg.MaterializeResult:
     shard = validate_shard_key(context.partition_key)
     model = load_model(embedder)
-    producer = make_producer_id("embedding", **model.identity)
+    identity = embedding_identity(model.identity)
+    producer = make_producer_id("embedding", **identity)
     docs = shard_texts(paths, shard)
     todo = missing_documents(store, docs, producer)
     out_dir = attributes.producer_dir(store.attributes, producer) / shard
 
     def commit(chunk: pl.DataFrame, progress: Progress) -> None:
-        vectors = model.embed(chunk["text"].to_list(), progress).astype(np.float32, copy=False)
+        vectors = model.embed(chunk["text"].to_list(), progress)
         attributes.write_vectors(store.attributes, producer, shard, chunk["content_hash"].to_list(), vectors)
 
     run_in_chunks(context, todo, config.chunk_size * 4, commit, embedder.max_length)
@@ -362,7 +374,7 @@ def embeddings(
         "reused_from_cache": docs.height - todo.height,
         "dimension": model.dim,
     }
-    leave_producer(store, producer, "embedding", model.identity, resource_key("embedding", embedder))
+    leave_producer(store, producer, "embedding", identity, resource_key("embedding", embedder))
     leave_run(store, context, {**config.model_dump(), **embedder.model_dump()}, producer, stats)
     vectors = load_embeddings(store, producer, docs["content_hash"].to_arrow())
     return dg.MaterializeResult(

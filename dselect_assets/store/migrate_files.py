@@ -73,7 +73,8 @@ def _move_embeddings(con: duckdb.DuckDBPyConnection, root: Path) -> None:
             raise RuntimeError(f"{file}: unreadable embedding file ({type(exc).__name__}: {exc}); delete the "
                                f"embedding_index rows naming it, migrate, then re-materialize embeddings") from exc
         vectors = np.asarray(block[[row for _, row in rows]], dtype=np.float32)
-        attributes.write_vectors(root, producer, Path(file).parent.name, [h for h, _ in rows], vectors)
+        # float32 as they were: the producer id they are under named unrounded vectors
+        attributes.write_vectors(root, producer, Path(file).parent.name, [h for h, _ in rows], vectors, np.float32)
 
 
 def _point_at_documents(con: duckdb.DuckDBPyConnection) -> None:

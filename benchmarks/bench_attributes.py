@@ -59,8 +59,9 @@ def main() -> None:
         pq.write_table(pa.table({"hash": attributes.hash_keys(hashes),
                                  "vector": pa.FixedSizeListArray.from_arrays(flat, args.dim)}),
                        parquet_file, compression="zstd")
-        # What dselect writes: an .npy beside a Parquet file of hashes.
-        hash_file = attributes.write_vectors(root, PRODUCER, "s", hashes, vectors)
+        # What dselect writes: an .npy beside a Parquet file of hashes (float32 here, as the column:
+        # the layouts are compared, not the precisions; dselect stores float16, half the bytes).
+        hash_file = attributes.write_vectors(root, PRODUCER, "s", hashes, vectors, np.float32)
 
         def parquet_block():
             column = pq.read_table(parquet_file, columns=["vector"])["vector"].combine_chunks()

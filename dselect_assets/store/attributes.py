@@ -37,10 +37,10 @@ from dselect_assets.store.errors import CorruptFile, MissingUpstream
 
 HASH_BYTES = 16
 # Vectors are stored as float16: half the bytes of float32 for every stage that reads them all
-# (7.4 GB against 15 GB at 10M documents of 384 dimensions, so they stay in the page cache of a
-# 23 GB machine). Rounding moves a unit vector's components by at most 6.7e-5; on 3,000 default
-# corpus documents the density ranks kept a Spearman of 0.9997 and SemDeDup, Prototypes and the
-# k-means assignment were unchanged. Readers take float32 files (stores written before) as well.
+# (7.4 GB against 15 GB at 10M documents of 384 dimensions). Rounding moves a unit vector's
+# components by at most 6.7e-5; on 3,000 default corpus documents the density ranks kept a
+# Spearman of 0.9997 and SemDeDup, Prototypes and the k-means assignment were unchanged
+# (benchmarks/bench_vector_precision.py). Readers take float32 files (older stores) as well.
 VECTOR_DTYPE = np.dtype(np.float16)
 CORPUS_WIDE = ".all"
 CATALOGUE_DIR = "_catalogue"  # records for the catalogue (catalogue.py); no producer dir starts with '_'

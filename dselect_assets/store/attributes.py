@@ -254,27 +254,32 @@ def read_values(con: duckdb.DuckDBPyConnection, root: Path, producer: str, hex_h
     return values, found
 
 
+def _unreadable_vectors(path: Path, why: str) -> CorruptFile:
+    return CorruptFile(
+        f"{path}: unreadable embedding file ({why}); delete it and its .parquet, "
+        "and re-materialize embeddings for its shard: the documents it held are then embedded again"
+    )
+
+
 def _vector_block(hash_file: str) -> np.ndarray:
     path = Path(hash_file).with_suffix(".npy")
     try:
         return np.load(path, mmap_mode="r")
     except Exception as exc:  # truncated header, bad magic, missing file
-        raise CorruptFile(
-            f"{path}: unreadable embedding file ({type(exc).__name__}: {exc}); delete it and its .parquet, "
-            "and re-materialize embeddings for its shard: the documents it held are then embedded again"
-        ) from exc
+        raise _unreadable_vectors(path, f"{type(exc).__name__}: {exc}") from exc
 
 
 # Wanted rows at most this far apart are read together (the rows between are read and dropped:
 # cheaper than another system call); farther apart, each run of rows is a read of its own.
 ROW_GAP = 8
 
-
-def _read_at(file, buffer: memoryview, offset: int) -> int:
-    if hasattr(os, "preadv"):
+if hasattr(os, "preadv"):
+    def _read_at(file, buffer: memoryview, offset: int) -> int:
         return os.preadv(file.fileno(), [buffer], offset)
-    file.seek(offset)
-    return file.readinto(buffer)
+else:  # pragma: no cover - platforms without preadv
+    def _read_at(file, buffer: memoryview, offset: int) -> int:
+        file.seek(offset)
+        return file.readinto(buffer)
 
 
 def _read_rows(hash_file: str, rows: np.ndarray) -> np.ndarray:
@@ -300,8 +305,7 @@ def _read_rows(hash_file: str, rows: np.ndarray) -> np.ndarray:
         for start, row, count in zip(at.tolist(), first.tolist(), lengths.tolist()):
             span = buffer[start * row_bytes: (start + count) * row_bytes]
             if _read_at(file, span, offset + row * row_bytes) != len(span):
-                raise CorruptFile(f"{path}: unreadable embedding file (ends before row {row + count - 1}); delete it "
-                                  "and its .parquet, and re-materialize embeddings for its shard")
+                raise _unreadable_vectors(path, f"ends before row {row + count - 1}")
     run = np.searchsorted(first, rows, side="right") - 1
     return read[at[run] + rows - first[run]].astype(np.float32, copy=False)
 

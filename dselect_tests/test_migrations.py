@@ -1,6 +1,7 @@
-"""sql/005_contents_owner.sql moves a store built by the code before it (schema 001-004, where
-`contents` was a view) forward: `contents` becomes a table with the same rows, and the store then
-keeps ownership by arrival, retires shards and records sketch sets."""
+"""Each migration with a step of its own moves a store built by the code before it forward: 005
+(`contents` was a view) makes `contents` a table with the same rows, and the store then keeps
+ownership by arrival, retires shards and records sketch sets; 008-013 move rows out of the
+catalogue into files."""
 
 from __future__ import annotations
 
@@ -35,6 +36,21 @@ DOCUMENTS = [
 ]
 
 
+def write_documents_file(path: Path, rows: list[tuple[int, str, str]]) -> str:
+    """A documents file (as ingest writes it) holding `rows` (row, id, content hash)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dselect_assets.core.ingest.ingest import DOCUMENTS_SCHEMA
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(zip(*rows)) if rows else [[], [], []]
+    pq.write_table(pa.table({"row_number": columns[0], "doc_id": columns[1], "content_hash": columns[2],
+                             "text": ["t"] * len(rows), "n_chars": [5] * len(rows), "n_bytes": [5] * len(rows),
+                             "metadata": [None] * len(rows)}, schema=DOCUMENTS_SCHEMA), path)
+    return str(path)
+
+
 def schema_before(tmp_path, version: int, database) -> duckdb.DuckDBPyConnection:
     """A connection to a new store at the schema of the code before migration `version`."""
     old_sql = tmp_path / f"sql-before-{version:03d}"
@@ -54,14 +70,14 @@ def old_store(tmp_path):
     database = tmp_path / "old.duckdb"
     con = schema_before(tmp_path, 5, database)
     for shard in ("c.jsonl", "a.jsonl", "b.jsonl"):  # ingested in this (non-lexical) order
-        n = sum(1 for s, _, _ in DOCUMENTS if s == shard)
+        rows = [(row, f"{s}:{row}", f"hash-{text}") for s, row, text in DOCUMENTS if s == shard]
+        documents_file = write_documents_file(tmp_path / "documents" / shard / "0123456789abcdef.parquet", rows)
         con.execute(
             "INSERT INTO shards VALUES (?, ?, 'jsonl', 10, ?, ?, ?, 0, 0, ?, 'd', now(), 'run')",
-            [shard, f"/corpus/{shard}", f"sha-{shard}", n, n, f"/nowhere/{shard}.parquet"],
+            [shard, f"/corpus/{shard}", f"sha-{shard}", len(rows), len(rows), documents_file],
         )
     for shard, row, text in DOCUMENTS:
-        con.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?)",
-                    [shard, row, f"{shard}:{row}", f"hash-{text}", len(text), len(text)])
+        con.execute("INSERT INTO documents VALUES (?, ?, ?, ?, 5, 5)", [shard, row, f"{shard}:{row}", f"hash-{text}"])
     before = con.execute(CONTENTS_ROWS).fetchall()
     assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'contents'").fetchall() \
         == [("VIEW",)]
@@ -131,11 +147,11 @@ def store_before_008(tmp_path):
     texts = {"a.jsonl": ["alpha", "shared"], "b.jsonl": ["beta", "shared"]}
     hashes = {t: content_hash(t) for ts in texts.values() for t in ts}
     for shard, shard_texts in texts.items():
-        documents_file = home / "documents" / shard / "0123456789abcdef.parquet"
-        documents_file.parent.mkdir(parents=True)
-        documents_file.write_bytes(b"")
+        documents_file = write_documents_file(
+            home / "documents" / shard / "0123456789abcdef.parquet",
+            [(row, f"{shard}:{row}", hashes[text]) for row, text in enumerate(shard_texts, 1)])
         con.execute("INSERT INTO shards VALUES (?, ?, 'jsonl', 1, 'sha', ?, ?, 0, 0, ?, 'd', now(), 'run')",
-                    [shard, f"/corpus/{shard}", len(shard_texts), len(shard_texts), str(documents_file)])
+                    [shard, f"/corpus/{shard}", len(shard_texts), len(shard_texts), documents_file])
         for row, text in enumerate(shard_texts, 1):
             con.execute("INSERT INTO documents VALUES (?, ?, ?, ?, 5, 5)", [shard, row, f"{shard}:{row}", hashes[text]])
     con.execute("INSERT INTO shard_arrivals VALUES ('a.jsonl', 1, now()), ('b.jsonl', 2, now())")
@@ -285,8 +301,11 @@ def test_migration_012_keys_contents_by_hash_prefix_and_ownership_still_moves(tm
     texts = {"a.jsonl": ["alpha", "shared"], "b.jsonl": ["beta", "shared"]}
     hashes = {t: content_hash(t) for ts in texts.values() for t in ts}
     for arrival, (shard, shard_texts) in enumerate(texts.items(), 1):
+        documents_file = write_documents_file(
+            tmp_path / "documents" / shard / "0123456789abcdef.parquet",
+            [(row, f"{shard}:{row}", hashes[text]) for row, text in enumerate(shard_texts, 1)])
         con.execute("INSERT INTO shards VALUES (?, ?, 'jsonl', 1, ?, 2, 2, 0, 0, ?, 'd', now(), 'run')",
-                    [shard, f"/corpus/{shard}", f"sha-{shard}", f"/nowhere/{shard}.parquet"])
+                    [shard, f"/corpus/{shard}", f"sha-{shard}", documents_file])
         con.execute("INSERT INTO shard_arrivals VALUES (?, ?, now())", [shard, arrival])
         for row, text in enumerate(shard_texts, 1):
             con.execute("INSERT INTO documents VALUES (?, ?, ?, ?, 5, 5)", [shard, row, f"{shard}:{row}", hashes[text]])
@@ -302,3 +321,39 @@ def test_migration_012_keys_contents_by_hash_prefix_and_ownership_still_moves(tm
     assert store.query("SELECT content_hash, shard, occurrences, hash_key FROM contents ORDER BY shard, row_number") == [
         (hashes["beta"], "b.jsonl", 1, int(hashes["beta"][:16], 16)),
         (hashes["shared"], "b.jsonl", 1, int(hashes["shared"][:16], 16))]
+
+
+def test_migration_013_reads_documents_from_each_shards_file_and_drops_the_table(tmp_path):
+    database, _ = old_store(tmp_path)
+    with duckdb.connect(str(database), read_only=True) as con:
+        before = con.execute("SELECT * FROM documents ORDER BY ALL").fetchall()
+    with store_module.connect(database) as con:
+        assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'documents'"
+                           ).fetchall() == [("VIEW",)]
+        assert con.execute("SELECT * FROM documents ORDER BY ALL").fetchall() == before
+    # the view follows the shards: a retired shard's rows leave it
+    corpus.retire_shard(DuckDBStore(database=str(database)), "a.jsonl", "file deleted from the corpus directory")
+    with duckdb.connect(str(database), read_only=True) as con:
+        assert con.execute("SELECT * FROM documents ORDER BY ALL").fetchall() == [
+            row for row in before if row[0] != "a.jsonl"]
+
+
+def test_migration_013_refuses_to_drop_rows_that_no_documents_file_holds(tmp_path):
+    import pytest
+
+    database, _ = old_store(tmp_path)
+    with duckdb.connect(str(database)) as con:
+        b_file = con.execute("SELECT documents_file FROM shards WHERE shard = 'b.jsonl'").fetchone()[0]
+    # b's file lost its row 12
+    write_documents_file(Path(b_file), [(row, f"{s}:{row}", f"hash-{text}")
+                                        for s, row, text in DOCUMENTS if s == "b.jsonl" and row != 12])
+    with pytest.raises(RuntimeError, match="shard b.jsonl: its documents file .* differ in 1 rows.*DELETE FROM documents"):
+        with store_module.connect(database):
+            pass
+    with duckdb.connect(str(database), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM documents").fetchone() == (len(DOCUMENTS),)
+        assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'documents'"
+                           ).fetchall() == [("BASE TABLE",)]
+    Path(b_file).unlink()
+    with pytest.raises(RuntimeError, match="shard b.jsonl: its documents file .* is missing"):
+        store_module.apply_migrations(duckdb.connect(str(database)), attributes_dir=tmp_path / "attributes")

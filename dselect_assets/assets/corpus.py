@@ -109,8 +109,9 @@ RETIRED_FILE_DELETED = "file deleted from the corpus directory"
 def retire_shard(store: DuckDBStore, shard: str, reason: str = RETIRED_FILE_DELETED) -> dict | None:
     """Remove a shard's rows from the store in one transaction, recording why in `retired_shards`.
 
-    Its documents and quarantine rows go, the texts it owned move to another shard holding
-    them (or leave `contents`), and its documents file is deleted once that is committed.
+    Its `shards` and quarantine rows go (so its documents leave the view `documents`), the texts
+    it owned move to another shard holding them (or leave `contents`), and its documents file is
+    deleted once that is committed.
     Scores and embeddings stay: they are keyed by text and the texts may come back.
     Returns the `retired_shards` row, or None when the store never ingested the shard.
     """
@@ -119,9 +120,8 @@ def retire_shard(store: DuckDBStore, shard: str, reason: str = RETIRED_FILE_DELE
     if retired is None:
         return None
     row, documents_file = retired
-    if documents_file is not None:
-        documents_files.pointer(Path(documents_file).parent).unlink(missing_ok=True)
-        Path(documents_file).unlink(missing_ok=True)
+    documents_files.pointer(Path(documents_file).parent).unlink(missing_ok=True)
+    Path(documents_file).unlink(missing_ok=True)
     return row
 
 

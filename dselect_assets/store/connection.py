@@ -70,7 +70,8 @@ def apply_migrations(
     """Apply every migration not yet recorded in schema_version; return the names applied.
 
     A migration with a Python step (migrate_files.STEPS: rows moved out to files) runs it in the
-    same transaction, before its SQL; it writes under `attributes_dir`.
+    same transaction, before its SQL; it writes under `attributes_dir`. A step of
+    migrate_files.STEPS_AFTER_SQL runs after its migration's SQL, in the same transaction.
     """
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_version ("
@@ -89,6 +90,8 @@ def apply_migrations(
                     raise ValueError(f"{path.name} moves rows into attribute files: give attributes_dir")
                 migrate_files.STEPS[version](con, Path(attributes_dir))
             con.execute(path.read_text(encoding="utf-8"))
+            if version in migrate_files.STEPS_AFTER_SQL:
+                migrate_files.STEPS_AFTER_SQL[version](con)
             con.execute(
                 "INSERT INTO schema_version VALUES (?, ?, now())", [version, path.name]
             )

@@ -1,8 +1,10 @@
-"""The corpus in the catalogue: shards, their documents rows, quarantine, and first occurrence.
+"""The corpus in the catalogue: shards, their documents, quarantine, and first occurrence.
 
-`contents` (sql/005_contents_owner.sql) holds each distinct text once with its owner: the shard
-that brought it first in arrival order. It is maintained here, inside the transaction that
-replaces or removes a shard's rows, for the texts that shard held before or holds now.
+A shard's documents are rows of its documents file (Parquet, written by ingest); the catalogue
+names the file in `shards`, and the view `documents` reads every shard's file (sql/013). `contents`
+(sql/005_contents_owner.sql) holds each distinct text once with its owner: the shard that brought
+it first in arrival order. It is maintained here, inside the transaction that replaces or removes
+a shard's documents, for the texts that shard held before or holds now.
 """
 
 from __future__ import annotations
@@ -14,6 +16,41 @@ import duckdb
 import pyarrow as pa
 
 _TOUCHED = "_touched_texts"
+# The columns of a documents file that the view `documents` shows, beside the shard.
+DOCUMENT_COLUMNS = {"row_number": "BIGINT", "doc_id": "VARCHAR", "content_hash": "VARCHAR",
+                    "n_chars": "BIGINT", "n_bytes": "BIGINT"}
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def define_documents_view(con: duckdb.DuckDBPyConnection, files: dict[str, str]) -> None:
+    """Define the view `documents` (shard and DOCUMENT_COLUMNS) over the documents files `files`
+    (shard -> file), inside the caller's transaction.
+
+    The file list is written into the view (a table function takes no subquery), so the view is
+    redefined in each transaction that changes a shard's file: readers see the files the
+    committed `shards` rows name.
+    """
+    if not files:
+        columns = ", ".join(f"NULL::{kind} AS {name}" for name, kind in DOCUMENT_COLUMNS.items())
+        con.execute(f"CREATE OR REPLACE VIEW documents AS SELECT NULL::VARCHAR AS shard, {columns} WHERE false")
+        return
+    columns = ", ".join(f"d.{name}" for name in DOCUMENT_COLUMNS)
+    paths = ", ".join(_literal(path) for path in files.values())
+    pairs = ", ".join(f"({_literal(shard)}, {_literal(path)})" for shard, path in files.items())
+    # union_by_name: a file written by older code may lack a column the view does not show
+    con.execute(
+        f"CREATE OR REPLACE VIEW documents AS SELECT f.shard, {columns}"
+        f" FROM read_parquet([{paths}], filename = true, union_by_name = true) d"
+        f" JOIN (VALUES {pairs}) f(shard, documents_file) ON d.filename = f.documents_file"
+    )
+
+
+def shard_documents_files(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """shard -> documents file, of every ingested shard."""
+    return dict(con.execute("SELECT shard, documents_file FROM shards ORDER BY shard").fetchall())
 
 
 def quarantine_whole_file(con: duckdb.DuckDBPyConnection, shard: str, reason: str, run_id: str) -> None:
@@ -28,21 +65,33 @@ def ids_taken_by_other_shards(
     Run inside the transaction that inserts the shard: DuckDB admits one writer
     process at a time, so no other shard can take the same id in between.
     """
+    (low, high) = con.execute("SELECT min(doc_id), max(doc_id) FROM read_parquet(?)", [str(documents_file)]).fetchone()
+    if low is None:
+        return []
+    # Bounded by the shard's own ids, the scan of every other file skips each row group whose ids
+    # lie outside them (by the files' statistics): where ids grow with the row, as a shard name
+    # plus a row number does, it reads almost nothing (100 files of 100k rows: 0.1 s against 0.5 s).
     return con.execute(
         "SELECT p.row_number, p.doc_id, d.shard || ' row ' || d.row_number"
         " FROM read_parquet(?) p JOIN documents d ON p.doc_id = d.doc_id AND d.shard <> ?"
-        " ORDER BY p.row_number",
-        [str(documents_file), shard],
+        " WHERE d.doc_id BETWEEN ? AND ? ORDER BY p.row_number",
+        [str(documents_file), shard, low, high],
     ).fetchall()
 
 
 def note_texts_held(con: duckdb.DuckDBPyConnection, shard: str) -> None:
-    """Remember the texts `shard` holds now, before its rows are replaced or removed."""
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {_TOUCHED} AS"
-        " SELECT DISTINCT content_hash FROM documents WHERE shard = ?",
-        [shard],
-    )
+    """Remember the texts `shard` holds now, before its documents are replaced or removed.
+
+    Those are its documents file's; if that file is gone, at least the texts it owns, whose
+    owners are then re-derived (a text it held without owning keeps a stale occurrence count).
+    """
+    held = documents_file_of(con, shard)
+    if held is not None and Path(held).is_file():
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_TOUCHED} AS"
+                    " SELECT DISTINCT content_hash FROM read_parquet(?)", [held])
+    else:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_TOUCHED} AS"
+                    " SELECT content_hash FROM contents WHERE shard = ?", [shard])
 
 
 def record_arrival(con: duckdb.DuckDBPyConnection, shard: str) -> None:
@@ -57,21 +106,24 @@ def hash_key_sql(column: str) -> str:
     return f"coalesce(TRY_CAST('0x' || left({column}, 16) AS UBIGINT), 0)"
 
 
-def update_owners(con: duckdb.DuckDBPyConnection, shard: str) -> None:
-    """Re-derive the `contents` rows of every text `shard` held (noted before) or holds now.
+def update_owners(con: duckdb.DuckDBPyConnection, shard: str, documents_file: Path | None) -> None:
+    """Re-derive the `contents` rows of every text `shard` held (noted before) or holds now (the
+    rows of `documents_file`; None once it is retired), after the view `documents` was redefined.
 
     A text keeps its owner while the owner still holds it (its row may move); otherwise the
     earliest-arrived shard holding it owns it, then by shard name and row; a text no shard
     holds any more leaves `contents`. Occurrences are recounted over all shards.
     """
+    # the shard's rows as the view shows them, from its one file
+    shard_rows = (f"(SELECT {_literal(shard)} AS shard, * FROM read_parquet({_literal(str(documents_file))}))"
+                  if documents_file is not None else "(SELECT * FROM documents WHERE false)")
     con.execute(
-        f"INSERT INTO {_TOUCHED} SELECT DISTINCT content_hash FROM documents WHERE shard = ?"
-        f" EXCEPT SELECT content_hash FROM {_TOUCHED}",
-        [shard],
+        f"INSERT INTO {_TOUCHED} SELECT DISTINCT content_hash FROM {shard_rows}"
+        f" EXCEPT SELECT content_hash FROM {_TOUCHED}"
     )
     # A touched text `contents` does not list was held by no shard before: only `shard` holds it,
     # and its rows there decide its owner. Only the texts `contents` lists need every shard's rows
-    # (a scan of all of `documents`), which a growing corpus's new shard mostly does not have.
+    # (a scan of every documents file), which a growing corpus's new shard mostly does not have.
     # Found by hash key (sql/012): a superset of the touched texts `contents` lists, each of which
     # the slow path below re-derives (one the shard never held keeps its owner).
     # (IN builds its hash table on the touched texts, a shard's worth, and streams `contents` past it)
@@ -87,9 +139,8 @@ def update_owners(con: duckdb.DuckDBPyConnection, shard: str) -> None:
         " SELECT d.content_hash, d.shard, min(d.row_number) AS row_number, arg_min(d.doc_id, d.row_number) AS doc_id,"
         "  arg_min(d.n_chars, d.row_number) AS n_chars, count(*) AS occurrences,"
         f"  {hash_key_sql('d.content_hash')} AS hash_key"
-        f" FROM documents d WHERE d.shard = ? AND d.content_hash NOT IN (SELECT content_hash FROM _known)"
-        " GROUP BY d.content_hash, d.shard",
-        [shard],
+        f" FROM {shard_rows} d WHERE d.content_hash NOT IN (SELECT content_hash FROM _known)"
+        " GROUP BY d.content_hash, d.shard"
     )
     if con.execute("SELECT count(*) FROM _known").fetchone()[0]:
         con.execute(
@@ -117,22 +168,21 @@ def documents_file_of(con: duckdb.DuckDBPyConnection, shard: str) -> str | None:
     return rows[0][0] if rows else None
 
 
-def retire(con: duckdb.DuckDBPyConnection, shard: str, reason: str) -> tuple[dict, str | None] | None:
-    """Remove a shard's rows (inside the caller's transaction), recording why in `retired_shards`.
+def retire(con: duckdb.DuckDBPyConnection, shard: str, reason: str) -> tuple[dict, str] | None:
+    """Remove a shard (inside the caller's transaction), recording why in `retired_shards`.
     Returns the `retired_shards` row and the shard's documents file, or None when never ingested."""
-    rows = con.execute("SELECT file_sha256, documents_file FROM shards WHERE shard = ?", [shard]).fetchall()
-    (n_documents,) = con.execute("SELECT count(*) FROM documents WHERE shard = ?", [shard]).fetchall()[0]
-    if not rows and n_documents == 0:
+    rows = con.execute("SELECT file_sha256, documents_file, n_documents FROM shards WHERE shard = ?",
+                       [shard]).fetchall()
+    if not rows:
         return None
-    file_hash, documents_file = rows[0] if rows else ("", None)
+    file_hash, documents_file, n_documents = rows[0]
     note_texts_held(con, shard)
-    con.execute("DELETE FROM documents WHERE shard = ?", [shard])
     con.execute("DELETE FROM quarantine WHERE shard = ?", [shard])
-    update_owners(con, shard)
     con.execute("DELETE FROM shards WHERE shard = ?", [shard])
+    define_documents_view(con, shard_documents_files(con))
+    update_owners(con, shard, None)
     con.execute("DELETE FROM shard_arrivals WHERE shard = ?", [shard])
-    if documents_file is not None:
-        con.execute("DELETE FROM artifacts WHERE path = ?", [documents_file])
+    con.execute("DELETE FROM artifacts WHERE path = ?", [documents_file])
     con.execute("INSERT INTO retired_shards VALUES (?, ?, ?, ?, now())", [shard, file_hash, n_documents, reason])
     return {"shard": shard, "file_sha256": file_hash, "n_documents": n_documents, "reason": reason}, documents_file
 
@@ -143,14 +193,10 @@ def replace_documents(con: duckdb.DuckDBPyConnection, shard: str, documents_file
     `rejections` (row, id, reason, excerpt), keep first occurrence right, and return how many of
     its rows are not their text's first occurrence (inside the caller's transaction)."""
     note_texts_held(con, shard)
-    con.execute("DELETE FROM documents WHERE shard = ?", [shard])
     con.execute("DELETE FROM quarantine WHERE shard = ?", [shard])
-    con.execute(
-        "INSERT INTO documents SELECT ?, row_number, doc_id, content_hash, n_chars, n_bytes FROM read_parquet(?)",
-        [shard, str(documents_file)],
-    )
+    define_documents_view(con, shard_documents_files(con) | {shard: str(documents_file)})
     record_arrival(con, shard)
-    update_owners(con, shard)
+    update_owners(con, shard, documents_file)
     if rejections:
         rows = pa.table({
             "row_number": pa.array([r[0] for r in rejections], pa.int64()),
@@ -166,8 +212,8 @@ def replace_documents(con: duckdb.DuckDBPyConnection, shard: str, documents_file
     # text `contents` gives this shard is first held at one of its rows. Counted by shard, not by
     # looking each row up in `contents`, which scanned every text of the corpus for each shard.
     return con.execute(
-        "SELECT (SELECT count(*) FROM documents WHERE shard = $1) - (SELECT count(*) FROM contents WHERE shard = $1)",
-        [shard],
+        "SELECT (SELECT count(*) FROM read_parquet($2)) - (SELECT count(*) FROM contents WHERE shard = $1)",
+        [shard, str(documents_file)],
     ).fetchall()[0][0]
 
 

@@ -16,6 +16,11 @@ stops the migration with what to do, rather than dropping the only record of the
 011 (sql/011_cluster_assignment_files.sql drops `cluster_assignments`): each clustering's rows
 become its corpus-wide attribute file (hash, cluster, distance), and the resource pointer
 `clusters` names it, as the clusters asset now leaves them.
+
+013 (sql/013_documents_view.sql drops the `documents` table): its rows already are each shard's
+documents file, so nothing is written; each shard's file is checked to hold exactly its rows first,
+and a missing or different file stops the migration with the shard, the file and what to do. After
+the SQL, the view `documents` is defined over the files (store/corpus.py).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from dselect_assets.store import attributes, catalogue, documents
+from dselect_assets.store import attributes, catalogue, corpus, documents
 
 UNOWNED = ".migrated"
 
@@ -125,5 +130,38 @@ def move_cluster_assignments(con: duckdb.DuckDBPyConnection, root: Path) -> None
         catalogue.insert_producer(con, clustering_id, "clusters", {}, resource_as=catalogue.CLUSTERS_RESOURCE)
 
 
+def check_documents_in_files(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    if not _table_exists(con, "documents"):
+        return
+    columns = ", ".join(corpus.DOCUMENT_COLUMNS)
+    for shard, documents_file in con.execute("SELECT shard, documents_file FROM shards ORDER BY 1").fetchall():
+        what_to_do = (f"restore the file, or delete the shard's rows (DELETE FROM documents WHERE shard = '{shard}';"
+                      f" DELETE FROM shards WHERE shard = '{shard}'), open the store again and re-materialize "
+                      f"documents[{shard}]")
+        if not Path(documents_file).is_file():
+            raise RuntimeError(f"shard {shard}: its documents file {documents_file} is missing, so its documents "
+                               f"would be lost with the documents table; {what_to_do}")
+        try:
+            # both directions in one pass: a row on one side only
+            (differing,) = con.execute(
+                f"SELECT count(*) FROM (SELECT {columns} FROM documents WHERE shard = ?) t"
+                f" FULL OUTER JOIN (SELECT {columns} FROM read_parquet(?)) f"
+                f" USING ({columns}) WHERE t.row_number IS NULL OR f.row_number IS NULL",
+                [shard, documents_file]).fetchone()
+        except duckdb.Error as exc:
+            raise RuntimeError(f"shard {shard}: its documents file {documents_file} is unreadable ({exc}); "
+                               f"{what_to_do}") from exc
+        if differing:
+            raise RuntimeError(f"shard {shard}: its documents file {documents_file} and its documents rows differ "
+                               f"in {differing} rows; {what_to_do}")
+
+
+def define_documents_view(con: duckdb.DuckDBPyConnection) -> None:
+    corpus.define_documents_view(con, corpus.shard_documents_files(con))
+
+
 STEPS: dict[int, Callable[[duckdb.DuckDBPyConnection, Path], None]] = {
-    8: move_scores_and_embeddings, 9: check_members_in_exports, 11: move_cluster_assignments}
+    8: move_scores_and_embeddings, 9: check_members_in_exports, 11: move_cluster_assignments,
+    13: check_documents_in_files}
+# Steps that run after their migration's SQL, in its transaction.
+STEPS_AFTER_SQL: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {13: define_documents_view}

@@ -154,6 +154,12 @@ def test_vector_rows_read_the_positions_asked_for_across_chunk_files(tmp_path):
         np.testing.assert_array_equal(subset.read(np.array([1, 0])), vectors[wanted[[3, 7]]])
         with pytest.raises(MissingUpstream, match="1 documents have no embedding"):
             attributes.VectorRows(con, tmp_path, producer, [hashes[0], "f" * 64])
+        # told the documents are b's, it looks in b's files first and finds a's texts in a's
+        for shard in ("b.jsonl", "a.jsonl", "never-ingested.jsonl"):
+            np.testing.assert_array_equal(
+                attributes.read_vectors(con, tmp_path, producer, [hashes[i] for i in wanted], shard), vectors[wanted])
+        with pytest.raises(MissingUpstream, match="1 documents have no embedding"):
+            attributes.VectorRows(con, tmp_path, producer, [hashes[250], "f" * 64], "b.jsonl")
 
 
 def test_validation_split_is_the_hashes_below_the_fraction_of_32_bits(tmp_path):

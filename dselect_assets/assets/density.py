@@ -89,7 +89,7 @@ def build_shard_sketch(
         pool=config.pool or None,
     )
     if len(hashes):
-        sketch.add(load_embeddings(store, embedding_producer, hashes))
+        sketch.add(load_embeddings(store, embedding_producer, hashes, shard))
     out_file = sketch.save(sketch_path(paths, producer, shard))
     with store.transaction() as con:
         sketch_sha = register_artifact(con, out_file, "density_sketch", run_id, producer, shard, sketch.n_docs)
@@ -208,7 +208,7 @@ def density(
     def shard_tables():
         for shard in shard_names:
             hashes = first_occurrences(store, shard)
-            values = merged.query(load_embeddings(store, embedding_producer, hashes))
+            values = merged.query(load_embeddings(store, embedding_producer, hashes, shard))
             parts.append(np.asarray(values, dtype=np.float64))
             yield attributes.score_table(producer, hashes, parts[-1])
 
@@ -276,7 +276,7 @@ def clusters(
     def shard_tables():
         for shard in owners:
             owned = first_occurrences(store, shard)
-            assignment, distance = clustering.assign(centroids, load_embeddings(store, embedding_producer, owned))
+            assignment, distance = clustering.assign(centroids, load_embeddings(store, embedding_producer, owned, shard))
             sizes[:] += np.bincount(assignment, minlength=k)
             yield pa.table({"hash": attributes.hash_keys(owned), "cluster": pa.array(assignment.astype(np.int32)),
                             "distance": pa.array(distance.astype(np.float64))})

@@ -381,7 +381,7 @@ def ask_llm_distilled_scores(
 
     def commit(chunk: pl.DataFrame, _progress: Progress) -> None:
         hashes = chunk["content_hash"].to_list()
-        values = probe.predict(load_embeddings(store, embedding_producer, hashes), chunk["text"].to_list())
+        values = probe.predict(load_embeddings(store, embedding_producer, hashes, shard), chunk["text"].to_list())
         attributes.write_chunk(store.attributes, producer, shard,
                                attributes.score_table(producer, hashes, values[:, 0], values[:, 1]))
 

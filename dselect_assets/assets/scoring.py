@@ -376,7 +376,7 @@ def embeddings(
     }
     leave_producer(store, producer, "embedding", identity, resource_key("embedding", embedder))
     leave_run(store, context, {**config.model_dump(), **embedder.model_dump()}, producer, stats)
-    vectors = load_embeddings(store, producer, docs["content_hash"].to_arrow())
+    vectors = load_embeddings(store, producer, docs["content_hash"].to_arrow(), shard)
     return dg.MaterializeResult(
         metadata={**stats, "producer_id": producer, "directory": dg.MetadataValue.path(str(out_dir))},
         data_version=scored_data_version(producer, docs["content_hash"]),

@@ -50,10 +50,11 @@ def texts_for(store: DuckDBStore, content_hashes) -> pl.DataFrame:
     return wanted.join(found, on="content_hash", how="left", maintain_order="left")
 
 
-def load_embeddings(store: DuckDBStore, producer_id: str, content_hashes) -> np.ndarray:
-    """Embeddings of the given documents, row i for content_hashes[i]; every one must exist."""
+def load_embeddings(store: DuckDBStore, producer_id: str, content_hashes, shard: str | None = None) -> np.ndarray:
+    """Embeddings of the given documents (of `shard`, when given: found faster), row i for
+    content_hashes[i]; every one must exist."""
     with duckdb.connect() as con:
-        return attributes.read_vectors(con, store.attributes, producer_id, content_hashes)
+        return attributes.read_vectors(con, store.attributes, producer_id, content_hashes, shard)
 
 
 def embedding_rows(store: DuckDBStore, producer_id: str, content_hashes) -> attributes.VectorRows:

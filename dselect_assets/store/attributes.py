@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from dselect_assets.core.hashing import hash_characters
 from dselect_assets.store.errors import CorruptFile, MissingUpstream
+from dselect_assets.store.sql_text import literal
 
 HASH_BYTES = 16
 # Vectors are stored as float16: half the bytes of float32 for every stage that reads them all
@@ -393,10 +394,6 @@ def read_vectors(con: duckdb.DuckDBPyConnection, root: Path, producer: str, hex_
     return rows.read(np.arange(rows.n))
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def scores_view_sql(root: Path) -> str:
     """A query listing every stored score as (content_hash key, producer_id, value, value_norm, problem)."""
     parts = []
@@ -406,8 +403,8 @@ def scores_view_sql(root: Path) -> str:
         columns = VALUE_COLUMNS.get(kind_of(producer), ("value", "value_norm", "problem"))
         select = ", ".join(f"{c}" if c in columns else f"NULL::{'VARCHAR' if c == 'problem' else 'DOUBLE'} AS {c}"
                            for c in ("value", "value_norm", "problem"))
-        parts.append(f"SELECT hash, {_literal(producer)} AS producer_id, {select}"
-                     f" FROM read_parquet({_literal(producer_glob(root, producer))})")
+        parts.append(f"SELECT hash, {literal(producer)} AS producer_id, {select}"
+                     f" FROM read_parquet({literal(producer_glob(root, producer))})")
     if not parts:
         return ("SELECT NULL::BLOB AS hash, NULL::VARCHAR AS producer_id, NULL::DOUBLE AS value,"
                 " NULL::DOUBLE AS value_norm, NULL::VARCHAR AS problem WHERE false")

@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 
 from dselect_assets.store import attributes, catalogue, migrate_files
+from dselect_assets.store.sql_text import literal
 
 _log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def bound_memory(con: duckdb.DuckDBPyConnection, spill_dir: Path, memory_limit: 
     # and creates (and at close removes) the directory only when it spills
     own = spill_dir / f"duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute("SET temp_directory = '" + str(own).replace("'", "''") + "'")
+    con.execute(f"SET temp_directory = {literal(own)}")
     con.execute("SET preserve_insertion_order = false")
 
 

@@ -15,14 +15,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from dselect_assets.store.sql_text import literal
+
 _TOUCHED = "_touched_texts"
 # The columns of a documents file that the view `documents` shows, beside the shard.
 DOCUMENT_COLUMNS = {"row_number": "BIGINT", "doc_id": "VARCHAR", "content_hash": "VARCHAR",
                     "n_chars": "BIGINT", "n_bytes": "BIGINT"}
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def define_documents_view(con: duckdb.DuckDBPyConnection, files: dict[str, str]) -> None:
@@ -38,8 +36,8 @@ def define_documents_view(con: duckdb.DuckDBPyConnection, files: dict[str, str])
         con.execute(f"CREATE OR REPLACE VIEW documents AS SELECT NULL::VARCHAR AS shard, {columns} WHERE false")
         return
     columns = ", ".join(f"d.{name}" for name in DOCUMENT_COLUMNS)
-    paths = ", ".join(_literal(path) for path in files.values())
-    pairs = ", ".join(f"({_literal(shard)}, {_literal(path)})" for shard, path in files.items())
+    paths = ", ".join(literal(path) for path in files.values())
+    pairs = ", ".join(f"({literal(shard)}, {literal(path)})" for shard, path in files.items())
     # union_by_name: a file written by older code may lack a column the view does not show
     con.execute(
         f"CREATE OR REPLACE VIEW documents AS SELECT f.shard, {columns}"
@@ -115,7 +113,7 @@ def update_owners(con: duckdb.DuckDBPyConnection, shard: str, documents_file: Pa
     holds any more leaves `contents`. Occurrences are recounted over all shards.
     """
     # the shard's rows as the view shows them, from its one file
-    shard_rows = (f"(SELECT {_literal(shard)} AS shard, * FROM read_parquet({_literal(str(documents_file))}))"
+    shard_rows = (f"(SELECT {literal(shard)} AS shard, * FROM read_parquet({literal(str(documents_file))}))"
                   if documents_file is not None else "(SELECT * FROM documents WHERE false)")
     con.execute(
         f"INSERT INTO {_TOUCHED} SELECT DISTINCT content_hash FROM {shard_rows}"

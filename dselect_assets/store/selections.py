@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from dselect_assets.core.hashing import hash_order, sorted_hashes
 from dselect_assets.store import attributes, catalogue
 from dselect_assets.store.connection import bound_memory
+from dselect_assets.store.sql_text import literal
 
 
 def _register_positions(con: duckdb.DuckDBPyConnection, hex_hashes, name: str = "_positions") -> str:
@@ -147,10 +148,6 @@ def documents_files(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [path for (path,) in con.execute("SELECT documents_file FROM shards").fetchall()]
 
 
-def _literal(value) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def stage_export(con: duckdb.DuckDBPyConnection, selection_file: Path, staged: Path,
                  with_metadata: list[Path], spill_dir: Path) -> None:
     """Write to `staged` (Parquet) the selection's rows in its order, with each document's source
@@ -161,7 +158,7 @@ def stage_export(con: duckdb.DuckDBPyConnection, selection_file: Path, staged: P
     range is the small side of each join and only it is held."""
     bound_memory(con, spill_dir)
     if with_metadata:
-        files = "[" + ", ".join(_literal(f) for f in with_metadata) + "]"
+        files = "[" + ", ".join(literal(f) for f in with_metadata) + "]"
         metadata_join = (
             f" LEFT JOIN read_parquet({files}, filename = true, union_by_name = true) m"
             " ON m.filename = s.documents_file AND m.row_number = c.row_number"
@@ -171,7 +168,7 @@ def stage_export(con: duckdb.DuckDBPyConnection, selection_file: Path, staged: P
         metadata_join, metadata = "", "CAST(NULL AS VARCHAR)"
     query = (
         f"SELECT e.id, e.text, c.shard AS source, {metadata} AS metadata, e.* EXCLUDE (id, text, file_row_number)"
-        f" FROM (SELECT * FROM read_parquet({_literal(selection_file)}, file_row_number = true)"
+        f" FROM (SELECT * FROM read_parquet({literal(selection_file)}, file_row_number = true)"
         "  WHERE file_row_number >= $1 AND file_row_number < $2) e"
         " LEFT JOIN contents c USING (content_hash)"
         " LEFT JOIN shards s ON s.shard = c.shard"
@@ -244,9 +241,9 @@ def write_export(con: duckdb.DuckDBPyConnection, attributes_root: Path, kept, sc
         for i, (file_number, documents_file, n_rows) in enumerate(files):
             con.execute(
                 f"COPY (SELECT k.position, k.doc_id AS id, t.text FROM _kept_located k"
-                f" LEFT JOIN read_parquet({_literal(documents_file)}) t USING (row_number)"
+                f" LEFT JOIN read_parquet({literal(documents_file)}) t USING (row_number)"
                 f" WHERE k.file_number = ? ORDER BY k.position)"
-                f" TO {_literal(parts / f'{i:06d}.parquet')}"
+                f" TO {literal(parts / f'{i:06d}.parquet')}"
                 f" (FORMAT parquet, ROW_GROUP_SIZE {part_row_group(n_rows, len(kept))})",
                 [file_number])
         con.execute("DROP TABLE _kept_located; DROP TABLE _files")
@@ -261,7 +258,7 @@ def _assemble(con: duckdb.DuckDBPyConnection, kept: pa.Array, values: dict[str, 
                        + [(name, pa.float64()) for name in scores])
     n = len(kept)
     # the parts are sorted by position, so a range reads only the row groups that hold it
-    source = f"read_parquet({_literal(str(parts / '*.parquet'))})" if parts else \
+    source = f"read_parquet({literal(str(parts / '*.parquet'))})" if parts else \
         "(SELECT NULL::BIGINT AS position, NULL::VARCHAR AS id, NULL::VARCHAR AS text WHERE false)"
     # every range reads every part: their footers are parsed once, not once per range
     con.execute("SET parquet_metadata_cache = true")

@@ -3,6 +3,10 @@
     python benchmarks/bench_scale.py --sizes 1000000 10000000      # the issue's sizes (hours)
     python benchmarks/bench_scale.py --sizes 100000 1000000        # about 25 min on one core
     python benchmarks/bench_scale.py --sizes 1000 2000 --shard-docs 500 --stages clusters select_full export
+    # keep the stores, then run (or profile) one stage again on one of them:
+    python benchmarks/bench_scale.py --sizes 1000 2000 --stages density --workdir W --keep
+    DAGSTER_HOME=W/home-2000/dagster python -m cProfile -o density.prof benchmarks/bench_scale.py \
+        --stage density --home W/home-2000 --corpus W/corpus-2000 --result density.json
 
 The corpus is SYNTHETIC, not text anyone wrote: each document is 8-48 words drawn (Zipf-like)
 from a seeded vocabulary of 4,096 letter strings, led by three words that spell its index, so
@@ -292,7 +296,7 @@ def with_prerequisites(wanted: list[str]) -> list[str]:
     return [s for s in all_stages() if s in chosen]
 
 
-def bench_size(n: int, workdir: Path, shard_docs: int, stages: list[str]) -> dict[str, dict]:
+def bench_size(n: int, workdir: Path, shard_docs: int, stages: list[str], keep: bool = False) -> dict[str, dict]:
     home, corpus = workdir / f"home-{n}", workdir / f"corpus-{n}"
     shutil.rmtree(home, ignore_errors=True)
     shutil.rmtree(corpus, ignore_errors=True)
@@ -303,8 +307,11 @@ def bench_size(n: int, workdir: Path, shard_docs: int, stages: list[str]) -> dic
     for stage in stages:
         result = results[stage] = run_child(stage, home, corpus)
         print(f"{stage} {n} peak_rss_mib={result['peak_rss_mib']:.0f} seconds={result['seconds']:.1f}", flush=True)
-    shutil.rmtree(home, ignore_errors=True)
-    shutil.rmtree(corpus, ignore_errors=True)
+    if keep:
+        print(f"# kept: --home {home} --corpus {corpus}", flush=True)
+    else:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(corpus, ignore_errors=True)
     return results
 
 
@@ -315,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", nargs="+", metavar="STAGE",
                         help="only these stages and the ones they read (default: all)")
     parser.add_argument("--workdir", type=Path, help="write here (default: a temporary directory)")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave each size's store and corpus in --workdir, to run or profile a stage on them again")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
@@ -328,12 +337,14 @@ def main(argv: list[str] | None = None) -> int:
 
     small, large = sorted(args.sizes)
     stages = with_prerequisites(args.stages) if args.stages else all_stages()
+    if args.keep and not args.workdir:
+        parser.error("--keep needs --workdir")
     print(f"# synthetic corpus (seeded words, vectors and scores; no model), skipped: "
           f"{', '.join(f'select_{s} (needs a fitted probe)' for s in NEEDS_A_PROBE)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_scale-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        by_size = {n: bench_size(n, workdir, args.shard_docs, stages) for n in (small, large)}
+        by_size = {n: bench_size(n, workdir, args.shard_docs, stages, args.keep) for n in (small, large)}
     for stage, big in by_size[large].items():
         little = by_size[small][stage]
         print(f"{stage} time_ratio={big['seconds'] / max(little['seconds'], 1e-3):.2f} "

@@ -233,6 +233,14 @@ def density(
     )
 
 
+def cluster_ordered_embeddings(clustering_id: str) -> str:
+    """The producer id of a clustering's copy of the embeddings: each shard's vectors in one file,
+    ordered by cluster. SemDeDup reads whole clusters a few at a time; in the embedder's files a
+    cluster's members lie a row here and a row there (at 10M documents one read per row, about
+    100 s), in the copy they lie together in each shard's file."""
+    return make_producer_id("embedding", ordered_by=clustering_id)
+
+
 class ClusterConfig(dg.Config):
     n_clusters: int = 0  # 0: chosen from the corpus size
     seed: int = 0
@@ -272,12 +280,21 @@ def clusters(
         input_version=version,
     )
     sizes = np.zeros(k, dtype=np.int64)
+    ordered = cluster_ordered_embeddings(clustering_id)
+    shutil.rmtree(attributes.producer_dir(store.attributes, ordered), ignore_errors=True)  # a killed run's part
 
     def shard_tables():
         for shard in owners:
             owned = first_occurrences(store, shard)
-            assignment, distance = clustering.assign(centroids, load_embeddings(store, embedding_producer, owned, shard))
+            vectors = load_embeddings(store, embedding_producer, owned, shard)
+            assignment, distance = clustering.assign(centroids, vectors)
             sizes[:] += np.bincount(assignment, minlength=k)
+            by_cluster = np.argsort(assignment, kind="stable")
+            # as exact as the embedder's files: float32 vectors of a migrated store stay unrounded
+            dtype = attributes.VECTOR_DTYPE if np.array_equal(vectors, vectors.astype(attributes.VECTOR_DTYPE)) \
+                else np.float32
+            attributes.write_vectors(store.attributes, ordered, shard, owned.take(pa.array(by_cluster)),
+                                     vectors[by_cluster], dtype)
             yield pa.table({"hash": attributes.hash_keys(owned), "cluster": pa.array(assignment.astype(np.int32)),
                             "distance": pa.array(distance.astype(np.float64))})
 
@@ -292,7 +309,8 @@ def clusters(
         record_run(con, context, config.model_dump(), clustering_id, outputs={"k": k, "n": n})
     if previous is not None and previous[0] != clustering_id:
         # One clustering at a time, as before; selections (same pool) read only the current one.
-        shutil.rmtree(attributes.producer_dir(store.attributes, previous[0]), ignore_errors=True)
+        for gone in (previous[0], cluster_ordered_embeddings(previous[0])):
+            shutil.rmtree(attributes.producer_dir(store.attributes, gone), ignore_errors=True)
     return dg.MaterializeResult(
         metadata={
             "documents": n,

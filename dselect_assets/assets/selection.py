@@ -24,6 +24,7 @@ from dselect_assets.assets.common import (
     register_artifact,
     write_atomically,
 )
+from dselect_assets.assets.density import cluster_ordered_embeddings
 from dselect_assets.assets.scoring import perplexity_key, resource_key
 from dselect_assets.assets.shard_reader import MissingUpstream, embedding_rows, texts_for
 from dselect_assets.core.hashing import file_sha256, input_version as hashes_version
@@ -257,6 +258,18 @@ def score_column(store: DuckDBStore, producer: str, kind: str, hashes: pa.Array,
     return values
 
 
+def _embedding_reader(store: DuckDBStore, sampler: str, producers: dict, hashes: pa.Array):
+    """The embeddings `sampler` reads. One that reads a few whole clusters at a time reads them
+    from the clustering's copy ordered by cluster (the same vectors: cluster_ordered_embeddings),
+    when the copy holds every document."""
+    if sampler in samplers.READS_BY_CLUSTER:
+        try:
+            return embedding_rows(store, cluster_ordered_embeddings(producers["clusters"]), hashes)
+        except MissingUpstream:  # clusters materialized before the copy was made, or a copy cut short
+            pass
+    return embedding_rows(store, producers["embedding"], hashes)
+
+
 def sampler_inputs(store: DuckDBStore, sampler: str, hashes: pa.Array, config: SelectionConfig,
                    sources: ScoreSources):
     """Load exactly the signals `sampler` needs, for the documents that have every score it needs.
@@ -288,7 +301,7 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: pa.Array, config: S
         fields["clusters"], assigned = selection_store.clusters_of(store.attributes, producers["clusters"], hashes)
         if not assigned.all():
             raise MissingUpstream("some eligible documents have no cluster; re-materialize clusters")
-        fields["embeddings"] = embedding_rows(store, producers["embedding"], hashes)
+        fields["embeddings"] = _embedding_reader(store, sampler, producers, hashes)
     rows = samplers.scorable_rows(len(hashes), **{k: fields.get(k) for k in ("density", "quality", "perplexity")})
     if rows.size == 0:
         raise MissingUpstream(f"none of the {len(hashes)} eligible documents has every score {sampler} needs")

@@ -449,6 +449,9 @@ REQUIRED_INPUTS: dict[str, frozenset[str]] = {
     "ask_llm_distilled_density": frozenset({"quality", "density"}),
 }
 
+# Samplers that read the embeddings a few whole clusters at a time (the others read them in storage order).
+READS_BY_CLUSTER = frozenset({"semdedup"})
+
 # The paper's configurations (core/selection/paper.py) run as stand-ins: the same rule over another
 # model's scores, which the selection asset reads for them.
 for _stand_in in paper.STAND_INS:

@@ -155,23 +155,34 @@ def stage_export(con: duckdb.DuckDBPyConnection, selection_file: Path, staged: P
 
     A range of EXPORT_RANGE_ROWS rows at a time: one join of the whole selection with `contents`
     ran out of DuckDB's memory limit at 10M documents (a 2M-row selection with its texts), while a
-    range is the small side of each join and only it is held."""
+    range is the small side of each join and only it is held. Where each document's first
+    occurrence lies (and its metadata) is looked up once for the whole selection, without texts:
+    joined with `contents` and every documents file once a range, the ranges read the corpus as
+    many times as there are ranges (13.6 s of a 10M-document export, against 0.5 s at 1M)."""
     bound_memory(con, spill_dir)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _export_located AS"
+        " SELECT e.file_row_number, c.shard, c.row_number, s.documents_file"
+        f" FROM read_parquet({literal(selection_file)}, file_row_number = true) e"
+        " LEFT JOIN contents c USING (content_hash) LEFT JOIN shards s ON s.shard = c.shard"
+    )
     if with_metadata:
         files = "[" + ", ".join(literal(f) for f in with_metadata) + "]"
-        metadata_join = (
-            f" LEFT JOIN read_parquet({files}, filename = true, union_by_name = true) m"
-            " ON m.filename = s.documents_file AND m.row_number = c.row_number"
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _export_metadata AS SELECT l.file_row_number, m.metadata"
+            f" FROM _export_located l JOIN read_parquet({files}, filename = true, union_by_name = true) m"
+            " ON m.filename = l.documents_file AND m.row_number = l.row_number"
         )
-        metadata = "m.metadata"
+        metadata_join, metadata = (" LEFT JOIN (SELECT * FROM _export_metadata WHERE file_row_number >= $1"
+                                   " AND file_row_number < $2) m USING (file_row_number)"), "m.metadata"
     else:  # shards ingested before metadata was carried
         metadata_join, metadata = "", "CAST(NULL AS VARCHAR)"
     query = (
-        f"SELECT e.id, e.text, c.shard AS source, {metadata} AS metadata, e.* EXCLUDE (id, text, file_row_number)"
+        f"SELECT e.id, e.text, l.shard AS source, {metadata} AS metadata, e.* EXCLUDE (id, text, file_row_number)"
         f" FROM (SELECT * FROM read_parquet({literal(selection_file)}, file_row_number = true)"
         "  WHERE file_row_number >= $1 AND file_row_number < $2) e"
-        " LEFT JOIN contents c USING (content_hash)"
-        " LEFT JOIN shards s ON s.shard = c.shard"
+        " LEFT JOIN (SELECT * FROM _export_located WHERE file_row_number >= $1 AND file_row_number < $2) l"
+        " USING (file_row_number)"
         f"{metadata_join}"
         " ORDER BY e.file_row_number"
     )
@@ -186,6 +197,7 @@ def stage_export(con: duckdb.DuckDBPyConnection, selection_file: Path, staged: P
     finally:
         if writer is not None:
             writer.close()
+        con.execute("DROP TABLE IF EXISTS _export_located; DROP TABLE IF EXISTS _export_metadata")
 
 
 EXPORT_BATCH_ROWS = 8192

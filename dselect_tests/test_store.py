@@ -201,8 +201,12 @@ def test_vector_rows_read_runs_of_nearby_rows_and_name_a_cut_file(tmp_path):
         np.testing.assert_array_equal(rows.read(np.arange(400)), vectors)
         npy = hash_file.with_suffix(".npy")
         npy.write_bytes(npy.read_bytes()[: -8 * 4 * 10])  # the last ten rows cut off, the header intact
+        # cut under a reader that has its header: the rows past the end fail to read
+        with pytest.raises(CorruptFile, match=rf"{npy.name}: unreadable embedding file.*ends before row 399"):
+            rows.read(np.array([0, 399]))
+        # a new reader finds the header and the file's size disagree
         with pytest.raises(CorruptFile, match=rf"{npy.name}: unreadable embedding file.*re-materialize embeddings"):
-            rows.read(np.array([0, 3]))
+            attributes.VectorRows(con, tmp_path, producer, hashes).read(np.array([0, 3]))
 
 
 def test_vectors_are_stored_as_float16_and_read_as_float32_with_older_float32_files(tmp_path):

@@ -143,6 +143,28 @@ def test_id_already_used_by_another_shard_is_quarantined(workspace, resources, i
     assert stored["doc_id"].to_list() == ["y"]
 
 
+def test_a_documents_file_deleted_by_hand_is_written_again_by_ingest(workspace, resources, instance):
+    from pathlib import Path
+
+    _, corpus = workspace
+    write_jsonl(corpus / "a.jsonl", [{"id": "a1", "text": "Shared."}, {"id": "a2", "text": "Only in a."}])
+    write_jsonl(corpus / "b.jsonl", [{"id": "b1", "text": "Shared."}])
+    ingest(instance, resources, "a.jsonl")
+    ingest(instance, resources, "b.jsonl")
+    (a_file,) = db_rows(resources, "SELECT documents_file FROM shards WHERE shard = 'a.jsonl'")[0]
+    Path(a_file).unlink()
+    # another shard still ingests (and still finds a clashing id in a file that is there)
+    write_jsonl(corpus / "c.jsonl", [{"id": "b1", "text": "Taken id."}, {"id": "c1", "text": "Only in c."}])
+    ingest(instance, resources, "c.jsonl")
+    assert db_rows(resources, "SELECT doc_id FROM quarantine WHERE shard = 'c.jsonl'") == [("b1",)]
+    # re-ingesting a writes its file again, and its rows and texts are as before
+    ingest(instance, resources, "a.jsonl")
+    assert db_rows(resources, "SELECT shard, doc_id FROM documents ORDER BY 1, 2") == [
+        ("a.jsonl", "a1"), ("a.jsonl", "a2"), ("b.jsonl", "b1"), ("c.jsonl", "c1")]
+    assert db_rows(resources, "SELECT doc_id, occurrences FROM contents ORDER BY 1") == [
+        ("a1", 2), ("a2", 1), ("c1", 1)]
+
+
 def test_rematerializing_is_idempotent(workspace, resources, instance):
     _, corpus = workspace
     write_jsonl(corpus / "a.jsonl", [{"text": f"doc {i}"} for i in range(50)] + [{"text": ""}])

@@ -23,6 +23,22 @@ DOCUMENT_COLUMNS = {"row_number": "BIGINT", "doc_id": "VARCHAR", "content_hash":
                     "n_chars": "BIGINT", "n_bytes": "BIGINT"}
 
 
+def _documents_sql(files: dict[str, str]) -> str:
+    """A query of shard and DOCUMENT_COLUMNS over the documents files `files` (shard -> file) that
+    exist: one deleted by hand is left out, so that ingest still runs and re-ingesting its shard
+    writes it again."""
+    files = {shard: path for shard, path in files.items() if Path(path).is_file()}
+    if not files:
+        columns = ", ".join(f"NULL::{kind} AS {name}" for name, kind in DOCUMENT_COLUMNS.items())
+        return f"SELECT NULL::VARCHAR AS shard, {columns} WHERE false"
+    columns = ", ".join(f"d.{name}" for name in DOCUMENT_COLUMNS)
+    paths = ", ".join(literal(path) for path in files.values())
+    pairs = ", ".join(f"({literal(shard)}, {literal(path)})" for shard, path in files.items())
+    # union_by_name: a file written by older code may lack a column the view does not show
+    return (f"SELECT f.shard, {columns} FROM read_parquet([{paths}], filename = true, union_by_name = true) d"
+            f" JOIN (VALUES {pairs}) f(shard, documents_file) ON d.filename = f.documents_file")
+
+
 def define_documents_view(con: duckdb.DuckDBPyConnection, files: dict[str, str]) -> None:
     """Define the view `documents` (shard and DOCUMENT_COLUMNS) over the documents files `files`
     (shard -> file), inside the caller's transaction.
@@ -31,19 +47,7 @@ def define_documents_view(con: duckdb.DuckDBPyConnection, files: dict[str, str])
     redefined in each transaction that changes a shard's file: readers see the files the
     committed `shards` rows name.
     """
-    if not files:
-        columns = ", ".join(f"NULL::{kind} AS {name}" for name, kind in DOCUMENT_COLUMNS.items())
-        con.execute(f"CREATE OR REPLACE VIEW documents AS SELECT NULL::VARCHAR AS shard, {columns} WHERE false")
-        return
-    columns = ", ".join(f"d.{name}" for name in DOCUMENT_COLUMNS)
-    paths = ", ".join(literal(path) for path in files.values())
-    pairs = ", ".join(f"({literal(shard)}, {literal(path)})" for shard, path in files.items())
-    # union_by_name: a file written by older code may lack a column the view does not show
-    con.execute(
-        f"CREATE OR REPLACE VIEW documents AS SELECT f.shard, {columns}"
-        f" FROM read_parquet([{paths}], filename = true, union_by_name = true) d"
-        f" JOIN (VALUES {pairs}) f(shard, documents_file) ON d.filename = f.documents_file"
-    )
+    con.execute(f"CREATE OR REPLACE VIEW documents AS {_documents_sql(files)}")
 
 
 def shard_documents_files(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -69,11 +73,12 @@ def ids_taken_by_other_shards(
     # Bounded by the shard's own ids, the scan of every other file skips each row group whose ids
     # lie outside them (by the files' statistics): where ids grow with the row, as a shard name
     # plus a row number does, it reads almost nothing (100 files of 100k rows: 0.1 s against 0.5 s).
+    others = {other: path for other, path in shard_documents_files(con).items() if other != shard}
     return con.execute(
         "SELECT p.row_number, p.doc_id, d.shard || ' row ' || d.row_number"
-        " FROM read_parquet(?) p JOIN documents d ON p.doc_id = d.doc_id AND d.shard <> ?"
+        f" FROM read_parquet(?) p JOIN ({_documents_sql(others)}) d ON p.doc_id = d.doc_id"
         " WHERE d.doc_id BETWEEN ? AND ? ORDER BY p.row_number",
-        [str(documents_file), shard, low, high],
+        [str(documents_file), low, high],
     ).fetchall()
 
 

@@ -289,15 +289,16 @@ def _layout(hash_file: str) -> tuple[int, int, np.dtype]:
     return block.offset, block.shape[1], block.dtype
 
 
-def _read_rows(hash_file: str, rows: np.ndarray, layout: tuple[int, int, np.dtype] | None = None) -> np.ndarray:
-    """Rows `rows` (ascending, repeats allowed) of the .npy beside `hash_file`, as float32.
+def _read_rows(hash_file: str, rows: np.ndarray, layout: tuple[int, int, np.dtype]) -> np.ndarray:
+    """Rows `rows` (ascending, repeats allowed) of the .npy beside `hash_file`, whose `_layout` is
+    `layout`, as float32.
 
     Read with one pread per run of nearby rows, not through a memory map: a map faults once per
     page it touches, and a cluster's members lie far apart in files of 100,000 rows, so at 10M
     documents SemDeDup faulted once per row (9.8M faults, 80 s of system time; a read of a
     cluster group took 0.46-0.69 s mapped against 0.14-0.19 s by pread).
     """
-    offset, dim, dtype = layout or _layout(hash_file)
+    offset, dim, dtype = layout
     wanted = np.unique(rows)
     breaks = np.flatnonzero(np.diff(wanted) > ROW_GAP) + 1
     first, last = wanted[np.r_[0, breaks]], wanted[np.r_[breaks - 1, len(wanted) - 1]]

@@ -1,5 +1,6 @@
-"""The clusters asset leaves, beside each document's cluster, a copy of the embeddings ordered by
-cluster in each shard's file; SemDeDup reads it and selects exactly what it selects without it."""
+"""The clusters asset leaves, beside each document's cluster and part of it, a copy of the embeddings
+ordered by cluster in each shard's file; SemDeDup reads it and selects exactly what it selects
+without it."""
 
 import json
 import shutil
@@ -35,7 +36,13 @@ def select_semdedup(instance, resources) -> tuple[str, str]:
     return meta["selection_id"].value, meta["export_sha256"].value
 
 
-def test_clusters_copy_the_embeddings_in_cluster_order_and_semdedup_selects_the_same(workspace, resources, instance):
+def test_clusters_copy_the_embeddings_in_cluster_order_and_semdedup_selects_the_same(workspace, resources, instance,
+                                                                                      monkeypatch):
+    from dselect_assets.core.selection import samplers
+
+    # clusters of ~22 documents count as large here, so each gets parts of ~5
+    monkeypatch.setattr(samplers, "PAIRWISE_ROWS", 10)
+    monkeypatch.setattr(samplers, "PAIRWISE_PART_ROWS", 5)
     _, corpus_dir = workspace
     shards = write_corpus(corpus_dir)
     instance.add_dynamic_partitions("shards", shards)
@@ -51,6 +58,7 @@ def test_clusters_copy_the_embeddings_in_cluster_order_and_semdedup_selects_the_
         owned = {shard: coverage.owned_hashes(con, shard) for shard in shards}
     ordered = density.cluster_ordered_embeddings(clustering)
 
+    units = []  # (cluster, part) of every document
     for shard in shards:
         (hash_file,) = attributes.producer_dir(root, ordered).joinpath(shard).glob("*.parquet")
         keys = pq.read_table(hash_file)["hash"].to_pylist()
@@ -58,12 +66,18 @@ def test_clusters_copy_the_embeddings_in_cluster_order_and_semdedup_selects_the_
         assert sorted(keys) == sorted(attributes.hash_keys(owned[shard]).to_pylist())
         by_key = {k: h for k, h in zip(attributes.hash_keys(owned[shard]).to_pylist(), owned[shard].to_pylist())}
         in_file = [by_key[k] for k in keys]
-        cluster, assigned = selection_store.clusters_of(root, clustering, in_file)
+        cluster, part, assigned = selection_store.clusters_of(attributes.DocumentSignals(root, in_file), clustering,
+                                                              with_parts=True)
         assert assigned.all() and (np.diff(cluster) >= 0).all() and len(set(cluster)) > 1
+        units += list(zip(cluster.tolist(), part.tolist()))
         # with the vectors the embedder wrote, bit for bit
         with duckdb.connect() as con:
             np.testing.assert_array_equal(attributes.read_vectors(con, root, ordered, in_file),
                                           attributes.read_vectors(con, root, embedding, in_file))
+
+    # every cluster over PAIRWISE_ROWS is split, across the shards, into parts of at most that many
+    sizes = np.unique(np.array(units), axis=0, return_counts=True)[1]
+    assert len(sizes) > len({c for c, _ in units}) and sizes.max() <= 10
 
     with_copy = select_semdedup(instance, resources)
     shutil.rmtree(attributes.producer_dir(root, ordered))

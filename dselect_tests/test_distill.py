@@ -12,6 +12,7 @@ from dselect_assets.core.scoring import distill as core
 from dselect_assets.core.scoring.models import ModelLoadError
 from dselect_assets.core.selection import samplers
 from dselect_assets.resources import AskLLMJudgeResource
+from dselect_assets.store import attributes
 from dselect_tests.pipeline_fixtures import build_source_corpus, materialization_metadata, small_resources, write_slice
 
 FIT = {"judge": "ask_llm:aaaa", "embedder": "embedding:bbbb", "fit": core.FitConfig().identity()}
@@ -386,11 +387,14 @@ def test_probe_fits_on_judged_sample_and_a_new_shard_needs_no_judge(source, tmp_
                                      resource_key("embedding", resources["embedder"]))
     hashes = sorted(r[0] for r in store.query("SELECT content_hash FROM contents"))
     config = selection.SelectionConfig()
-    inputs, producers, rows = selection.sampler_inputs(store, "ask_llm_distilled", hashes, config, sources)
+    with attributes.DocumentSignals(store.attributes, hashes) as signals:
+        inputs, producers, rows = selection.sampler_inputs(store, "ask_llm_distilled", signals, config, sources)
     assert producers == {"ask_llm": meta["producer_id"]} and rows.size == len(hashes) == n_a + n_b
     stored = dict(store.query("SELECT content_hash, value FROM scores WHERE producer_id = ?", [meta["producer_id"]]))
     assert np.allclose(inputs.quality, [stored[hashes[i]] for i in rows])
     kept = samplers.SAMPLERS["ask_llm_distilled"](inputs, 0.25, 0)
     assert np.array_equal(kept, samplers.SAMPLERS["ask_llm_topk"](inputs, 0.25, 0))
     in_a = sorted(r[0] for r in store.query("SELECT DISTINCT content_hash FROM documents WHERE shard = 'a.jsonl'"))
-    assert selection.sampler_inputs(store, "ask_llm_topk", in_a, config, sources)[1] == {"ask_llm": meta["judge_producer"]}
+    with attributes.DocumentSignals(store.attributes, in_a) as signals:
+        assert selection.sampler_inputs(store, "ask_llm_topk", signals, config, sources)[1] == \
+            {"ask_llm": meta["judge_producer"]}

@@ -272,6 +272,7 @@ def test_migration_009_refuses_to_drop_members_that_no_export_lists(tmp_path):
 def test_migration_011_moves_cluster_assignments_to_the_clusterings_attribute_file(tmp_path):
     import hashlib
 
+    from dselect_assets.store import attributes
     from dselect_assets.store import selections as selection_store
 
     database = tmp_path / "home" / "dselect.duckdb"
@@ -287,9 +288,10 @@ def test_migration_011_moves_cluster_assignments_to_the_clusterings_attribute_fi
         assert not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'cluster_assignments'"
                                ).fetchall()
         assert selection_store.current_clustering(con) == (clustering, "embedding:d")
-    cluster, assigned = selection_store.clusters_of(database.parent / "attributes", clustering,
-                                                    [hashes[2], "f" * 64, hashes[0], hashes[1]])
+    signals = attributes.DocumentSignals(database.parent / "attributes", [hashes[2], "f" * 64, hashes[0], hashes[1]])
+    cluster, parts, assigned = selection_store.clusters_of(signals, clustering, with_parts=True)
     assert cluster.tolist() == [2, -1, 2, 0] and assigned.tolist() == [True, False, True, True]
+    assert parts is None  # a clustering from before clusters had parts: SemDeDup splits large ones itself
 
 
 def test_migration_012_keys_contents_by_hash_prefix_and_ownership_still_moves(tmp_path):

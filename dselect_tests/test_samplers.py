@@ -12,6 +12,8 @@ from dselect_assets.core.density.clustering import (
     default_k,
     fit_centroids,
     kmeans,
+    split_cluster,
+    split_large_clusters,
     training_sample,
 )
 from dselect_assets.core.density.race_sketch import RaceSketch
@@ -203,12 +205,16 @@ def test_ask_llm_density_keeps_good_and_sparse(full_inputs):
 # ------------------------------------------------------ SemDeDup, Prototypes
 
 
-def test_semdedup_removes_planted_near_duplicates_first():
-    rng = np.random.default_rng([4, 99])
+def planted_near_duplicates(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """300 random unit vectors, then a near-copy (cosine ~0.99) of 40 of them: (vectors, originals)."""
+    rng = np.random.default_rng([4, seed])
     base = unit(rng.standard_normal((300, DIM)))
     originals = rng.choice(300, size=40, replace=False)
-    copies = unit(base[originals] + 0.01 * rng.standard_normal((40, DIM)))
-    emb = np.vstack([base, copies])
+    return np.vstack([base, unit(base[originals] + 0.01 * rng.standard_normal((40, DIM)))]), originals
+
+
+def test_semdedup_removes_planted_near_duplicates_first():
+    emb, originals = planted_near_duplicates(99)
     clusters = kmeans(emb, k=8, seed=0)
     inputs = SamplerInputs(n=len(emb), embeddings=emb, clusters=clusters.assignment, centroids=clusters.centroids)
     kept = SAMPLERS["semdedup"](inputs, 300 / 340, 0)
@@ -225,11 +231,7 @@ def test_semdedup_removes_planted_near_duplicates_first():
 def test_semdedup_compares_a_large_cluster_within_parts_and_still_finds_its_near_duplicates(monkeypatch):
     import dselect_assets.core.selection.samplers as samplers
 
-    rng = np.random.default_rng([4, 98])
-    base = unit(rng.standard_normal((300, DIM)))
-    originals = rng.choice(300, size=40, replace=False)
-    copies = unit(base[originals] + 0.01 * rng.standard_normal((40, DIM)))
-    emb = np.vstack([base, copies])
+    emb, originals = planted_near_duplicates(98)
     inputs = SamplerInputs(n=len(emb), embeddings=emb, clusters=np.zeros(len(emb), dtype=np.int64))
     exact = semdedup_max_similarity(inputs)
     monkeypatch.setattr(samplers, "PAIRWISE_ROWS", 64)
@@ -241,6 +243,50 @@ def test_semdedup_compares_a_large_cluster_within_parts_and_still_finds_its_near
     assert sum(compared) == 340 and max(compared) <= 64
     # fewer pairs are compared, so a value can only fall, and some do
     assert np.all(split <= exact) and np.any(split < exact)
+    dropped = np.setdiff1d(np.arange(340), SAMPLERS["semdedup"](inputs, 300 / 340, 0))
+    for i, original in enumerate(originals):
+        assert (original in dropped) != (300 + i in dropped)
+
+
+def test_large_clusters_are_split_from_their_members_in_every_shard_as_one_cluster():
+    rng = np.random.default_rng([4, 97])
+    # three shards, rows sorted by cluster: cluster 1 is large (300 rows over all three), 0 and 2 small
+    counts = np.array([[20, 100, 5], [0, 150, 10], [30, 50, 0]])
+    vectors = [unit(rng.standard_normal((row.sum(), DIM))) for row in counts]
+    starts = [np.r_[0, np.cumsum(row)] for row in counts]
+    reads = []
+
+    def read(s, start, stop):
+        reads.append(s)
+        return vectors[s][start:stop]
+
+    parts = split_large_clusters(starts, read, max_rows=120, part_rows=60)
+    members = np.concatenate([vectors[s][starts[s][1]:starts[s][2]] for s in range(3)])
+    expected = split_cluster(members, max_rows=120, part_rows=60, seed=1)
+    got = np.concatenate([parts[s][starts[s][1]:starts[s][2]] for s in range(3)])
+    np.testing.assert_array_equal(got, expected)
+    assert np.bincount(got).max() <= 120 and len(np.unique(got)) >= 300 // 120 + 1
+    for s in range(3):  # the small clusters stay whole
+        assert not parts[s][:starts[s][1]].any() and not parts[s][starts[s][2]:].any()
+    assert sorted(reads) == [0, 1, 2]  # one read per shard
+
+
+def test_semdedup_compares_within_the_clusterings_parts_and_splits_none_itself(monkeypatch):
+    from dselect_assets.core.density import clustering
+
+    emb, originals = planted_near_duplicates(96)
+    cluster = np.zeros(len(emb), dtype=np.int64)
+    part = split_cluster(emb, max_rows=64, part_rows=32, seed=0)
+    monkeypatch.setattr(clustering, "split_cluster", lambda *a, **k: pytest.fail("SemDeDup split a cluster itself"))
+    inputs = SamplerInputs(n=len(emb), embeddings=emb, clusters=cluster, parts=part)
+    similarity = semdedup_max_similarity(inputs)
+    # each document against the earlier documents of its part, farthest from the centroid first
+    to_centroid = np.linalg.norm(emb - emb.mean(axis=0), axis=1)
+    rank = np.empty(len(emb), dtype=np.int64)
+    rank[np.lexsort((np.arange(len(emb)), -to_centroid))] = np.arange(len(emb))
+    earlier = (part[:, None] == part[None, :]) & (rank[None, :] < rank[:, None])
+    np.testing.assert_allclose(similarity, np.where(earlier, emb @ emb.T, -np.inf).max(axis=1), rtol=1e-5)
+    # the planted pairs share a part: one of each goes
     dropped = np.setdiff1d(np.arange(340), SAMPLERS["semdedup"](inputs, 300 / 340, 0))
     for i, original in enumerate(originals):
         assert (original in dropped) != (300 + i in dropped)

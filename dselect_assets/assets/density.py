@@ -27,6 +27,7 @@ from dselect_assets.assets.shard_reader import load_embeddings
 from dselect_assets.core.density import clustering, race_sketch
 from dselect_assets.core.hashing import hash_set_digest, input_version
 from dselect_assets.core.hashing import producer_id as make_producer_id
+from dselect_assets.core.selection import samplers
 from dselect_assets.core.ingest.shard_keys import validate_shard_key
 from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
 from dselect_assets.store import attributes, catalogue, coverage
@@ -254,7 +255,8 @@ class ClusterConfig(dg.Config):
     automation_condition=eager_after_checks(),
     kinds={"parquet"},
     description="faiss k-means (trained on a seeded sample, assigned shard by shard) over the embeddings; "
-    "each document's cluster and distance to its centroid, one attribute file per clustering "
+    "each document's cluster, its part of a large cluster (a second k-means within it, which SemDeDup "
+    "compares within) and distance to its centroid, one attribute file per clustering "
     "(used by SemDeDup and SSL Prototypes).",
 )
 def clusters(
@@ -269,7 +271,8 @@ def clusters(
     if not 1 <= k <= n:
         raise dg.Failure(description=f"cannot make {k} clusters of {n} documents")
     # Train on a seeded sample, then assign shard by shard: memory holds the sample and one
-    # shard's embeddings, never the corpus's.
+    # shard's embeddings, never the corpus's (of every document only its hash, cluster and
+    # distance, 28 bytes, kept until the large clusters' parts are known).
     sample = load_embeddings(store, embedding_producer,
                              hashes.take(pa.array(clustering.training_sample(n, k, config.seed))))
     # k == n: every document is its own centroid (faiss would refuse to train).
@@ -277,32 +280,43 @@ def clusters(
     del sample, hashes  # the shards' owned sets below cover the corpus again
     clustering_id = make_producer_id(
         "kmeans", embedder=embedding_producer, k=k, seed=config.seed,
-        input_version=version,
+        input_version=version, parts_over=samplers.PAIRWISE_ROWS, part_rows=samplers.PAIRWISE_PART_ROWS,
     )
     sizes = np.zeros(k, dtype=np.int64)
     ordered = cluster_ordered_embeddings(clustering_id)
     shutil.rmtree(attributes.producer_dir(store.attributes, ordered), ignore_errors=True)  # a killed run's part
 
-    def shard_tables():
-        for shard in owners:
-            owned = first_occurrences(store, shard)
-            vectors = load_embeddings(store, embedding_producer, owned, shard)
-            assignment, distance = clustering.assign(centroids, vectors)
-            sizes[:] += np.bincount(assignment, minlength=k)
-            by_cluster = np.argsort(assignment, kind="stable")
-            # as exact as the embedder's files: float32 vectors of a migrated store stay unrounded
-            dtype = attributes.VECTOR_DTYPE if np.array_equal(vectors, vectors.astype(attributes.VECTOR_DTYPE)) \
-                else np.float32
-            attributes.write_vectors(store.attributes, ordered, shard, owned.take(pa.array(by_cluster)),
-                                     vectors[by_cluster], dtype)
-            yield pa.table({"hash": attributes.hash_keys(owned), "cluster": pa.array(assignment.astype(np.int32)),
-                            "distance": pa.array(distance.astype(np.float64))})
+    copies = []  # per shard: its copy and where each cluster's rows start in it
+    tables = []  # per shard: hash, cluster and distance of its rows, in the copy's order
+    for shard in owners:
+        owned = first_occurrences(store, shard)
+        vectors = load_embeddings(store, embedding_producer, owned, shard)
+        assignment, distance = clustering.assign(centroids, vectors)
+        counts = np.bincount(assignment, minlength=k)
+        sizes += counts
+        by_cluster = np.argsort(assignment, kind="stable")
+        # as exact as the embedder's files: float32 vectors of a migrated store stay unrounded
+        dtype = attributes.VECTOR_DTYPE if np.array_equal(vectors, vectors.astype(attributes.VECTOR_DTYPE)) \
+            else np.float32
+        copy = attributes.write_vectors(store.attributes, ordered, shard, owned.take(pa.array(by_cluster)),
+                                        vectors[by_cluster], dtype)
+        copies.append((attributes.VectorChunk(copy), np.r_[0, np.cumsum(counts)]))
+        tables.append(pa.table({"hash": attributes.hash_keys(owned).take(pa.array(by_cluster)),
+                                "cluster": pa.array(assignment[by_cluster].astype(np.int32)),
+                                "distance": pa.array(distance[by_cluster].astype(np.float64))}))
+    # Clusters grow with the corpus once k stops growing, and SemDeDup compares every pair within
+    # a part of a cluster: each large one is split here, once, from the copy, where its members
+    # lie together in each shard (on unit rows, as SemDeDup compares them).
+    parts = clustering.split_large_clusters(
+        [starts for _, starts in copies], lambda s, start, stop: samplers.unit_rows(copies[s][0].rows(start, stop)),
+        max_rows=samplers.PAIRWISE_ROWS, part_rows=samplers.PAIRWISE_PART_ROWS)
 
     with store.connect(read_only=True) as con:
         previous = selection_store.current_clustering(con)
     # One corpus-wide attribute file, written a shard at a time, then named the current clustering
     # (resource "clusters"), so a selection checks the clusters match the embeddings it reads.
-    attributes.replace_corpus_wide(store.attributes, clustering_id, shard_tables())
+    attributes.replace_corpus_wide(store.attributes, clustering_id,
+                                   (table.append_column("part", pa.array(part)) for table, part in zip(tables, parts)))
     register_producer(store, clustering_id, "clusters", {"embedder": embedding_producer, "k": k, "seed": config.seed},
                       resource_as=catalogue.CLUSTERS_RESOURCE)
     with store.transaction() as con:
@@ -315,6 +329,7 @@ def clusters(
         metadata={
             "documents": n,
             "clusters": k,
+            "clusters_split": int(np.count_nonzero(sizes > samplers.PAIRWISE_ROWS)),
             "clustering_id": clustering_id,
             "cluster_size": dg.MetadataValue.json(summary(sizes.astype(float))),
             "largest_clusters": dg.MetadataValue.md(

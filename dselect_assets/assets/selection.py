@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -244,13 +243,11 @@ def read_producers(store: DuckDBStore, needs: set[str], config: SelectionConfig,
     return producers
 
 
-def score_column(store: DuckDBStore, producer: str, kind: str, hashes: pa.Array, column: str = "value") -> np.ndarray:
+def score_column(signals: attributes.DocumentSignals, producer: str, kind: str, column: str = "value") -> np.ndarray:
     """One score per eligible document from `producer`; NaN where unscorable."""
-    hashes = attributes.as_strings(hashes)
-    with duckdb.connect() as con:
-        values, found = attributes.read_values(con, store.attributes, producer, hashes, column)
+    values, found = signals.values(producer, column)
     if not found.all():
-        first = hashes[int(np.flatnonzero(~found)[0])].as_py()
+        first = attributes.as_strings(signals.hex_hashes)[int(np.flatnonzero(~found)[0])].as_py()
         raise MissingUpstream(
             f"{int((~found).sum())} eligible documents have no {kind} score from {producer} "
             f"(e.g. {first}); materialize the {kind} scores for every shard"
@@ -270,12 +267,13 @@ def _embedding_reader(store: DuckDBStore, sampler: str, producers: dict, hashes:
     return embedding_rows(store, producers["embedding"], hashes)
 
 
-def sampler_inputs(store: DuckDBStore, sampler: str, hashes: pa.Array, config: SelectionConfig,
+def sampler_inputs(store: DuckDBStore, sampler: str, signals: attributes.DocumentSignals, config: SelectionConfig,
                    sources: ScoreSources):
     """Load exactly the signals `sampler` needs, for the documents that have every score it needs.
 
-    Returns the inputs, the producer ids read, and the rows of `hashes` the inputs describe.
+    Returns the inputs, the producer ids read, and the rows of the signals' documents the inputs describe.
     """
+    hashes = signals.hex_hashes
     needs = samplers.REQUIRED_INPUTS[sampler]
     fields: dict = {"n": len(hashes)}
     producers = read_producers(store, needs, config, sources)
@@ -284,11 +282,11 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: pa.Array, config: S
         embedding = resolve_producer(store, "embedding", config.embedding_producer, sources.embedding)
         producers["ask_llm"] = distill.resolve_distilled(store, producers["ask_llm"], embedding)
     if "density" in needs:
-        fields["density"] = score_column(store, producers["density"], "density", hashes)
+        fields["density"] = score_column(signals, producers["density"], "density")
     if "quality" in needs:
-        fields["quality"] = score_column(store, producers["ask_llm"], "ask_llm", hashes, config.ask_llm_value)
+        fields["quality"] = score_column(signals, producers["ask_llm"], "ask_llm", config.ask_llm_value)
     if "perplexity" in needs:
-        fields["perplexity"] = score_column(store, producers["perplexity"], "perplexity", hashes)
+        fields["perplexity"] = score_column(signals, producers["perplexity"], "perplexity")
     if needs & {"embeddings", "clusters"}:
         with store.connect(read_only=True) as con:
             clustering = selection_store.current_clustering(con)
@@ -298,9 +296,12 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: pa.Array, config: S
             if built_on != producers["embedding"]:
                 raise MissingUpstream(f"the clusters were built on other embeddings than {producers['embedding']}; "
                                       "re-materialize clusters with the embedder configured now")
-        fields["clusters"], assigned = selection_store.clusters_of(store.attributes, producers["clusters"], hashes)
+        fields["clusters"], parts, assigned = selection_store.clusters_of(
+            signals, producers["clusters"], with_parts=sampler in samplers.READS_BY_CLUSTER)
         if not assigned.all():
             raise MissingUpstream("some eligible documents have no cluster; re-materialize clusters")
+        if parts is not None:
+            fields["parts"] = parts
         fields["embeddings"] = _embedding_reader(store, sampler, producers, hashes)
     rows = samplers.scorable_rows(len(hashes), **{k: fields.get(k) for k in ("density", "quality", "perplexity")})
     if rows.size == 0:
@@ -313,15 +314,22 @@ def sampler_inputs(store: DuckDBStore, sampler: str, hashes: pa.Array, config: S
 EXPORT_SCORES = {"ask_llm": "ask_llm", "perplexity": "perplexity", "density": "density"}
 
 
-def write_export(store: DuckDBStore, kept: pa.Array, producers: dict[str, str], ask_llm_value: str,
-                 out_file: Path, spill_dir: Path) -> None:
+def write_export(store: DuckDBStore, signals: attributes.DocumentSignals, kept: pa.Array, kept_idx: np.ndarray,
+                 producers: dict[str, str], ask_llm_value: str, out_file: Path, spill_dir: Path) -> None:
     """id, content_hash, text and the scores the selection read (the Ask-LLM column it ranked by),
-    by content hash; a score the sampler did not read is null."""
-    scores = {kind: (producers.get(kind, ""), ask_llm_value if kind == "ask_llm" else "value")
-              for kind in EXPORT_SCORES}
+    by content hash; a score the sampler did not read is null. `kept` is the signals' documents
+    at `kept_idx`."""
+    def kept_part(column: np.ndarray) -> np.ndarray:
+        return column if len(kept_idx) == signals.n else column[kept_idx]  # all kept: no copy
+
+    scores = {}
+    for kind in EXPORT_SCORES:
+        scores[kind] = None
+        if producers.get(kind):
+            value, found = signals.values(producers[kind], ask_llm_value if kind == "ask_llm" else "value")
+            scores[kind] = kept_part(value), kept_part(found & ~np.isnan(value))
     with store.connect(read_only=True) as con:
-        write_atomically(out_file, lambda tmp: selection_store.write_export(con, store.attributes, kept, scores, tmp,
-                                                                             spill_dir))
+        write_atomically(out_file, lambda tmp: selection_store.write_export(con, kept, scores, tmp, spill_dir))
 
 
 @dg.asset(
@@ -366,57 +374,66 @@ def selections(
         hashes = selection_store.eligible_hashes(con)
     if not n_held_out:
         raise dg.Failure("no evaluation sets recorded; materialize eval_sets first so they can be held out")
-    try:
-        if sampler == FULL_SAMPLER:
-            kept_idx, producers, n_scorable = np.arange(len(hashes)), {}, len(hashes)
-        else:
-            inputs, producers, rows = sampler_inputs(store, sampler, hashes, config, sources)
-            kept_idx, n_scorable = rows[samplers.SAMPLERS[sampler](inputs, rate, config.seed)], rows.size
-    except MissingUpstream as exc:
-        raise dg.Failure(f"selection {key}: {exc}") from exc
-    # the full data is every eligible hash: no second corpus-sized copy
-    kept = hashes if sampler == FULL_SAMPLER else hashes.take(pa.array(kept_idx, pa.int64()))
-    input_version = hashes_version(hashes)
-    selection_id = make_producer_id(
-        "selection", sampler=sampler, rate=rate, seed=config.seed, producers=producers,
-        input_version=input_version, config=config.model_dump(),
-    )
-    shown = export_producers(store, config, sources, producers)
-    out_file = paths.dir("selections", key) / f"{selection_id.replace(':', '-')}.parquet"
-    write_export(store, kept, shown, config.ask_llm_value, out_file, paths.dir("tmp", "duckdb-spill"))
-    export_sha = file_sha256(out_file)
+    # the sampler, the export and the kept/rejected table read the same scores: each read once
+    with attributes.DocumentSignals(store.attributes, hashes) as signals:
+        try:
+            if sampler == FULL_SAMPLER:
+                kept_idx, producers, n_scorable = np.arange(len(hashes)), {}, len(hashes)
+            else:
+                inputs, producers, rows = sampler_inputs(store, sampler, signals, config, sources)
+                # ascending, as the eligible hashes are: the kept hashes come sorted for the export
+                kept_idx = np.sort(rows[samplers.SAMPLERS[sampler](inputs, rate, config.seed)])
+                n_scorable = rows.size
+                del inputs
+        except MissingUpstream as exc:
+            raise dg.Failure(f"selection {key}: {exc}") from exc
+        # the full data is every eligible hash: no second corpus-sized copy
+        kept = hashes if sampler == FULL_SAMPLER else hashes.take(pa.array(kept_idx, pa.int64()))
+        input_version = hashes_version(hashes)
+        selection_id = make_producer_id(
+            "selection", sampler=sampler, rate=rate, seed=config.seed, producers=producers,
+            input_version=input_version, config=config.model_dump(),
+        )
+        shown = export_producers(store, config, sources, producers)
+        kept_vs_rejected = accounting_table(store, signals, kept_idx, shown, config.ask_llm_value)
+        signals.close()  # everything the export needs is read: the keys' table goes before its DuckDB work
+        out_file = paths.dir("selections", key) / f"{selection_id.replace(':', '-')}.parquet"
+        write_export(store, signals, kept, kept_idx, shown, config.ask_llm_value, out_file,
+                     paths.dir("tmp", "duckdb-spill"))
+        export_sha = file_sha256(out_file)
 
-    with store.transaction() as con:
-        selection_store.record_selection(con, {
-            "selection_id": selection_id, "selection_key": key, "sampler": sampler, "rate": rate,
-            "seed": config.seed, "config": config.model_dump(), "producers": producers,
-            "input_version": input_version, "n_considered": len(hashes), "n_kept": len(kept),
-            "export_path": str(out_file), "export_sha256": export_sha, "run_id": context.run.run_id,
-        })
-        register_artifact(con, out_file, "selection_export", context.run.run_id, selection_id, key, len(kept), export_sha)
-        record_run(con, context, config.model_dump(), selection_id, outputs={"kept": len(kept), "considered": len(hashes)})
+        with store.transaction() as con:
+            selection_store.record_selection(con, {
+                "selection_id": selection_id, "selection_key": key, "sampler": sampler, "rate": rate,
+                "seed": config.seed, "config": config.model_dump(), "producers": producers,
+                "input_version": input_version, "n_considered": len(hashes), "n_kept": len(kept),
+                "export_path": str(out_file), "export_sha256": export_sha, "run_id": context.run.run_id,
+            })
+            register_artifact(con, out_file, "selection_export", context.run.run_id, selection_id, key, len(kept),
+                              export_sha)
+            record_run(con, context, config.model_dump(), selection_id,
+                       outputs={"kept": len(kept), "considered": len(hashes)})
 
-    return dg.MaterializeResult(
-        metadata={
-            "selection_id": selection_id,
-            "considered": len(hashes),
-            "unscorable_left_out": len(hashes) - n_scorable,
-            "kept": len(kept),
-            "rejected": len(hashes) - len(kept),
-            "held_out_for_eval": n_held_out,
-            "export": dg.MetadataValue.path(str(out_file)),
-            "export_sha256": export_sha,
-            "producers": dg.MetadataValue.json(producers),
-            "kept_vs_rejected": dg.MetadataValue.md(
-                accounting_table(store, hashes, kept_idx, shown, config.ask_llm_value)),
-        },
-        data_version=dg.DataVersion(export_sha),
-        check_results=[
-            checks.selection_size(sampler, rate, n_scorable, len(kept)),
-            checks.export_readable(out_file, len(kept)),
-            checks.no_eval_leak(store, selection_id),
-        ],
-    )
+        return dg.MaterializeResult(
+            metadata={
+                "selection_id": selection_id,
+                "considered": len(hashes),
+                "unscorable_left_out": len(hashes) - n_scorable,
+                "kept": len(kept),
+                "rejected": len(hashes) - len(kept),
+                "held_out_for_eval": n_held_out,
+                "export": dg.MetadataValue.path(str(out_file)),
+                "export_sha256": export_sha,
+                "producers": dg.MetadataValue.json(producers),
+                "kept_vs_rejected": dg.MetadataValue.md(kept_vs_rejected),
+            },
+            data_version=dg.DataVersion(export_sha),
+            check_results=[
+                checks.selection_size(sampler, rate, n_scorable, len(kept)),
+                checks.export_readable(out_file, len(kept)),
+                checks.no_eval_leak(store, selection_id),
+            ],
+        )
 
 
 def export_producers(store: DuckDBStore, config: SelectionConfig, sources: ScoreSources, read: dict) -> dict:
@@ -432,18 +449,18 @@ def export_producers(store: DuckDBStore, config: SelectionConfig, sources: Score
     return shown
 
 
-def accounting_table(store: DuckDBStore, hashes: pa.Array, kept_idx: np.ndarray, producers: dict,
+def accounting_table(store: DuckDBStore, signals: attributes.DocumentSignals, kept_idx: np.ndarray, producers: dict,
                      ask_llm_value: str) -> str:
     """Mean of each signal over kept vs rejected documents (Ask-LLM in the column ranked by),
     and cluster coverage."""
-    is_kept = np.zeros(len(hashes), dtype=bool)
+    is_kept = np.zeros(signals.n, dtype=bool)
     is_kept[kept_idx] = True
     rows = []
     for kind, producer in producers.items():
         if kind == "clusters":
             continue
         try:
-            values = score_column(store, producer, kind, hashes, ask_llm_value if kind == "ask_llm" else "value")
+            values = score_column(signals, producer, kind, ask_llm_value if kind == "ask_llm" else "value")
         except MissingUpstream:
             continue
         kept_mean = np.nanmean(values[is_kept]) if is_kept.any() else float("nan")
@@ -453,7 +470,7 @@ def accounting_table(store: DuckDBStore, hashes: pa.Array, kept_idx: np.ndarray,
         clustering = selection_store.current_clustering(con)
     if clustering is None:
         return markdown_table(["signal", "kept (mean)", "rejected (mean)"], rows)
-    cluster, assigned = selection_store.clusters_of(store.attributes, clustering[0], hashes)
+    cluster, _, assigned = selection_store.clusters_of(signals, clustering[0])
     if assigned.any():
         covered = len(np.unique(cluster[assigned & is_kept]))
         rows.append(("clusters covered", f"{covered}/{len(np.unique(cluster[assigned]))}", ""))

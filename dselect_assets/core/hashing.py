@@ -84,12 +84,15 @@ def hash_order(hashes: pa.StringArray) -> np.ndarray:
     return order
 
 
+def is_sorted(hashes: pa.Array) -> bool:
+    """Whether `hashes` ascend (a comparison per hash)."""
+    return len(hashes) < 2 or pc.all(pc.less_equal(hashes[:-1], hashes[1:])).as_py()
+
+
 def sorted_hashes(hashes: pa.Array) -> pa.Array:
     """`hashes` in ascending order; as given when already sorted (the eligible set comes sorted
     from the catalogue: checking costs a comparison per hash, a sort a copy of them all)."""
-    if len(hashes) > 1 and not pc.all(pc.less_equal(hashes[:-1], hashes[1:])).as_py():
-        return hashes.take(hash_order(hashes))
-    return hashes
+    return hashes if is_sorted(hashes) else hashes.take(hash_order(hashes))
 
 
 def hash_set_digest(hex_hashes) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dselect_assets.core.hashing import hash_order, sorted_hashes
+from dselect_assets.core.hashing import hash_order, is_sorted
 from dselect_assets.store import attributes, catalogue
 from dselect_assets.store.connection import bound_memory
 from dselect_assets.store.sql_text import literal
@@ -89,11 +89,14 @@ def current_clustering(con: duckdb.DuckDBPyConnection) -> tuple[str, str | None]
     return rows[0] if rows else None
 
 
-def clusters_of(root: Path, clustering_id: str, hex_hashes) -> tuple[np.ndarray, np.ndarray]:
-    """(cluster of each document, -1 where unassigned; whether it is assigned), from the clustering's file."""
-    with duckdb.connect() as con:
-        values, found = attributes.read_values(con, root, clustering_id, hex_hashes, "cluster")
-    return np.where(found, np.nan_to_num(values, nan=-1), -1).astype(np.int64), found
+def clusters_of(signals: attributes.DocumentSignals, clustering_id: str,
+                with_parts: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(cluster of each of the signals' documents, -1 where unassigned; with_parts: its part of the
+    cluster, None for a clustering written before clusters had parts; whether it is assigned)."""
+    with_parts = with_parts and signals.has_column(clustering_id, "part")
+    values, found = signals.columns(clustering_id, ("cluster", "part") if with_parts else ("cluster",))
+    as_ids = {c: np.where(found, np.nan_to_num(v, nan=-1), -1).astype(np.int64) for c, v in values.items()}
+    return as_ids["cluster"], as_ids.get("part"), found
 
 
 def doc_ids(con: duckdb.DuckDBPyConnection, hex_hashes) -> pa.Array:
@@ -217,11 +220,11 @@ def part_row_group(part_rows: int, export_rows: int) -> int:
     return max(2048, min(EXPORT_BATCH_ROWS, per_range // 2))
 
 
-def write_export(con: duckdb.DuckDBPyConnection, attributes_root: Path, kept, scores: dict[str, tuple[str, str]],
+def write_export(con: duckdb.DuckDBPyConnection, kept, scores: dict[str, tuple[np.ndarray, np.ndarray] | None],
                  out_file: Path, spill_dir: Path) -> int:
     """Write the selection's export: id, content_hash, text and one column per entry of `scores`
-    (name -> (producer, value column); null where absent), sorted by content hash. Returns the rows
-    written.
+    (name -> (each kept document's value, whether it has one), or None for a column of nulls),
+    sorted by content hash. Returns the rows written.
 
     One join of every kept text with every documents file held the corpus's text in a hash table
     that DuckDB could not spill (out of memory at 3M documents under a 1 GB limit). Instead the
@@ -229,13 +232,13 @@ def write_export(con: duckdb.DuckDBPyConnection, attributes_root: Path, kept, sc
     export, and the export is assembled from the parts a range of places at a time, so memory
     holds a shard or a range, plus one score array per entry of `scores`."""
     bound_memory(con, spill_dir)
-    kept = sorted_hashes(attributes.as_strings(kept))
+    kept = attributes.as_strings(kept)
+    if not is_sorted(kept):
+        order = hash_order(kept)
+        kept = kept.take(pa.array(order))
+        scores = {name: None if value is None else (value[0][order], value[1][order]) for name, value in scores.items()}
+    values = {name: value for name, value in scores.items() if value is not None}
     positions = _register_positions(con, kept, "_kept_rows")
-    values = {}
-    for name, (producer, column) in scores.items():
-        if producer and attributes.producer_glob(attributes_root, producer) is not None:
-            value, found = attributes.read_values(con, attributes_root, producer, kept, column)
-            values[name] = pa.array(value, pa.float64(), mask=~found | np.isnan(value))
     # Sorted by documents file (numbered: DuckDB's zone maps keep 8 bytes of a string), so each
     # file's query below reads only its own row groups; a filter over every kept row once per
     # file made the loop grow as files x selection size.
@@ -264,8 +267,8 @@ def write_export(con: duckdb.DuckDBPyConnection, attributes_root: Path, kept, sc
         shutil.rmtree(parts, ignore_errors=True)
 
 
-def _assemble(con: duckdb.DuckDBPyConnection, kept: pa.Array, values: dict[str, pa.Array], scores: dict,
-              parts: Path | None, out_file: Path) -> int:
+def _assemble(con: duckdb.DuckDBPyConnection, kept: pa.Array, values: dict[str, tuple[np.ndarray, np.ndarray]],
+              scores: dict, parts: Path | None, out_file: Path) -> int:
     schema = pa.schema([("id", pa.string()), ("content_hash", pa.string()), ("text", pa.string())]
                        + [(name, pa.float64()) for name in scores])
     n = len(kept)
@@ -277,12 +280,14 @@ def _assemble(con: duckdb.DuckDBPyConnection, kept: pa.Array, values: dict[str, 
     with pq.ParquetWriter(out_file, schema, compression="zstd", write_statistics=False) as writer:
         for start in range(0, n, EXPORT_RANGE_ROWS):
             stop = min(start + EXPORT_RANGE_ROWS, n)
-            rows = con.sql(
-                f"SELECT r.range AS position, p.id, p.text FROM range($1, $2) r LEFT JOIN"
-                f" (SELECT * FROM {source} WHERE position >= $1 AND position < $2) p"
-                " ON p.position = r.range ORDER BY r.range", params=[start, stop]).to_arrow_table()
+            rows = con.sql(f"SELECT position, id, text FROM {source} WHERE position >= $1 AND position < $2"
+                           " ORDER BY position", params=[start, stop]).to_arrow_table()
+            if len(rows) != stop - start:  # every kept text is in `contents`, read in the same pool
+                raise RuntimeError(f"{stop - start - len(rows)} of the kept documents at export rows {start}-{stop - 1}"
+                                   " are not in the catalogue; materialize the selection again")
             columns = [rows["id"].cast(pa.string()), kept.slice(start, stop - start), rows["text"].cast(pa.string())]
-            columns += [values[name].slice(start, stop - start) if name in values else pa.nulls(stop - start, pa.float64())
-                        for name in scores]
+            # a range's scores made Arrow here: whole columns would be a second copy of each score
+            columns += [pa.array(values[name][0][start:stop], pa.float64(), mask=~values[name][1][start:stop])
+                        if name in values else pa.nulls(stop - start, pa.float64()) for name in scores]
             writer.write_table(pa.Table.from_arrays(columns, schema=schema), row_group_size=EXPORT_BATCH_ROWS)
     return n

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -90,6 +91,62 @@ def assign(centroids: np.ndarray, embeddings: np.ndarray) -> tuple[np.ndarray, n
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     sq_dist, nearest = index.search(x, 1)
     return nearest[:, 0].astype(np.int64), np.sqrt(np.maximum(sq_dist[:, 0], 0.0)).astype(np.float32)
+
+
+def split_cluster(vectors: np.ndarray, *, max_rows: int, part_rows: int, seed: int = 0) -> np.ndarray:
+    """int32 part of each row of one cluster: none over `max_rows` rows if k-means can split it.
+
+    A cluster over max_rows is split by a seeded k-means over its own rows into parts of about
+    `part_rows`, and a part still over max_rows is split again; one k-means cannot split stays
+    whole.
+    """
+    part = np.zeros(len(vectors), dtype=np.int32)
+    if len(vectors) <= max_rows:
+        return part
+    k = math.ceil(len(vectors) / part_rows)
+    assignment, _ = assign(fit_centroids(vectors[training_sample(len(vectors), k, seed)], k, seed=seed), vectors)
+    if np.all(assignment == assignment[0]):
+        return part
+    parts = 0
+    for label in np.unique(assignment):
+        rows = np.flatnonzero(assignment == label)
+        within = split_cluster(vectors[rows], max_rows=max_rows, part_rows=part_rows, seed=seed + 1)
+        part[rows] = parts + within
+        parts += int(within.max()) + 1
+    return part
+
+
+def split_large_clusters(cluster_starts: list[np.ndarray], read: Callable[[int, int, int], np.ndarray], *,
+                         max_rows: int, part_rows: int, group_rows: int = 65536) -> list[np.ndarray]:
+    """split_cluster's parts of every cluster over `max_rows`, its members gathered from every shard.
+
+    Shard s's rows are sorted by cluster, cluster c's being rows cluster_starts[s][c] to
+    cluster_starts[s][c + 1]; read(s, start, stop) gives those rows' vectors. Consecutive large
+    clusters are read together, about `group_rows` rows at a time, one read per shard. Returns
+    the part of each row of each shard (0 in a cluster left whole); cluster c is split with seed c.
+    """
+    sizes = np.sum([np.diff(starts) for starts in cluster_starts], axis=0)
+    parts = [np.zeros(int(starts[-1]), dtype=np.int32) for starts in cluster_starts]
+    large = np.flatnonzero(sizes > max_rows)
+    first = 0
+    while first < len(large):
+        last = first + 1  # the group: large clusters large[first:last], consecutive ids
+        while last < len(large) and large[last] == large[last - 1] + 1 and \
+                sizes[large[first]:large[last] + 1].sum() <= group_rows:
+            last += 1
+        lo, hi = int(large[first]), int(large[last - 1]) + 1
+        pieces = [(s, read(s, int(starts[lo]), int(starts[hi]))) for s, starts in enumerate(cluster_starts)
+                  if starts[hi] > starts[lo]]
+        for c in range(lo, hi):
+            members = [(s, piece[cluster_starts[s][c] - cluster_starts[s][lo]:cluster_starts[s][c + 1] - cluster_starts[s][lo]])
+                       for s, piece in pieces]
+            part = split_cluster(np.concatenate([m for _, m in members]), max_rows=max_rows, part_rows=part_rows, seed=c)
+            at = 0
+            for s, m in members:
+                parts[s][cluster_starts[s][c]:cluster_starts[s][c + 1]] = part[at:at + len(m)]
+                at += len(m)
+        first = last
+    return parts
 
 
 def kmeans(

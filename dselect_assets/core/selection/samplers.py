@@ -58,7 +58,9 @@ class SamplerInputs:
     density: kernel density score (> 0; e.g. the RACE sketch, which counts a
     document itself, so it is >= 1). quality: higher is better (Ask-LLM
     P(yes)). perplexity: lower is more likely. clusters: k-means assignment;
-    centroids: [k, dim] (recomputed as cluster means of `embeddings` if absent).
+    centroids: [k, dim] (recomputed as cluster means of `embeddings` if absent);
+    parts: the part of its cluster each document lies in (the clustering's split of
+    large clusters, which SemDeDup compares within; split here if absent).
     """
 
     n: int
@@ -68,6 +70,7 @@ class SamplerInputs:
     perplexity: np.ndarray | None = None
     clusters: np.ndarray | None = None
     centroids: np.ndarray | None = None
+    parts: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if int(self.n) < 1:
@@ -100,6 +103,14 @@ class SamplerInputs:
             if clusters.min() < 0:
                 raise ValueError(f"cluster id of row {int(np.argmin(clusters))} is negative")
             self.clusters = clusters.astype(np.int64)
+        if self.parts is not None:
+            parts = np.asarray(self.parts)
+            if self.clusters is None or parts.shape != (self.n,) or not np.issubdtype(parts.dtype, np.integer):
+                raise ValueError(f"parts must be integer with shape [{self.n}], beside clusters; "
+                                 f"got {parts.dtype} {list(parts.shape)}")
+            if parts.min() < 0:
+                raise ValueError(f"part id of row {int(np.argmin(parts))} is negative")
+            self.parts = parts.astype(np.int64)
         if self.centroids is not None:
             self.centroids = np.asarray(self.centroids, dtype=np.float32)
 
@@ -242,12 +253,13 @@ def ask_llm_density_sampler(inputs: SamplerInputs, rate: float, seed: int) -> np
 ROW_BLOCK = 65536  # rows read per step when every embedding is visited
 GROUP_ROWS = 65536  # SemDeDup reads whole clusters, about this many rows at a time (100 MB at 384-d)
 # SemDeDup compares every pair within a cluster of up to PAIRWISE_ROWS documents; a larger one
-# is split into parts of about PAIRWISE_PART_ROWS (see semdedup_max_similarity).
+# is split into parts of about PAIRWISE_PART_ROWS (clustering.split_cluster), by the clusters
+# asset or, without its parts, here.
 PAIRWISE_ROWS = 2048
 PAIRWISE_PART_ROWS = 1024
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     """x scaled to unit rows, in place, 4,096 rows at a time (np.linalg.norm of all of x at once
     would allocate a temporary the size of x)."""
     for start in range(0, len(x), 4096):
@@ -320,24 +332,23 @@ def _max_similarity_to_earlier(vectors: np.ndarray, block: int = 1024) -> np.nda
     return best
 
 
-def _pairwise_parts(vectors: np.ndarray, seed: int) -> list[np.ndarray]:
-    """Row indices (ascending) of parts of at most PAIRWISE_ROWS rows each, by seeded k-means
-    over the rows themselves, splitting again any part still too large; a part k-means cannot
-    split stays whole."""
-    if len(vectors) <= PAIRWISE_ROWS:
-        return [np.arange(len(vectors))]
-    from dselect_assets.core.density import clustering  # faiss, loaded only where a cluster is this large
+def _rows_of_each_part(part: np.ndarray) -> list[np.ndarray]:
+    """Row indices (ascending) of each part id in `part`, by id."""
+    order = np.argsort(part, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, np.diff(part[order]) != 0, True])
+    return [order[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
 
-    k = math.ceil(len(vectors) / PAIRWISE_PART_ROWS)
-    sample = clustering.training_sample(len(vectors), k, seed)
-    part_of, _ = clustering.assign(clustering.fit_centroids(vectors[sample], k, seed=seed), vectors)
-    parts = []
-    for part in np.unique(part_of):
-        rows = np.flatnonzero(part_of == part)
-        if len(rows) == len(vectors):
-            return [rows]
-        parts += [rows[sub] for sub in _pairwise_parts(vectors[rows], seed + 1)]
-    return parts
+
+def _comparison_parts(vectors: np.ndarray, given: np.ndarray | None, seed: int) -> list[np.ndarray]:
+    """Row indices (ascending) of the parts of one cluster whose pairs SemDeDup compares: the
+    clustering's parts when `given` (part of each row), else clustering.split_cluster's of it."""
+    if given is None:
+        if len(vectors) <= PAIRWISE_ROWS:
+            return [np.arange(len(vectors))]
+        from dselect_assets.core.density import clustering  # faiss, loaded only where a cluster is this large
+
+        given = clustering.split_cluster(vectors, max_rows=PAIRWISE_ROWS, part_rows=PAIRWISE_PART_ROWS, seed=seed)
+    return _rows_of_each_part(given)
 
 
 def semdedup_max_similarity(inputs: SamplerInputs) -> np.ndarray:
@@ -350,9 +361,11 @@ def semdedup_max_similarity(inputs: SamplerInputs) -> np.ndarray:
 
     Comparing every pair of a cluster costs the square of its size, and clusters grow with
     the corpus once k stops growing (clustering.MAX_DEFAULT_K): a cluster of more than
-    PAIRWISE_ROWS documents is compared within the parts a k-means over its own members
-    splits it into, as if the clustering were finer there. Near-duplicates lie close together
-    and share a part; a document's value can only be lower than the whole cluster's.
+    PAIRWISE_ROWS documents is compared within the parts a k-means over its own members splits
+    it into (clustering.split_cluster), as if the clustering were finer there. The clusters
+    asset splits them once per clustering (`inputs.parts`); without parts they are split here,
+    on every call. Near-duplicates lie close together and share a part; a document's value can
+    only be lower than the whole cluster's.
     """
     inputs.need("semdedup", "embeddings", "clusters")
     centroids = _given_centroids(inputs)
@@ -370,12 +383,13 @@ def semdedup_max_similarity(inputs: SamplerInputs) -> np.ndarray:
             centre = (vectors[rows].mean(axis=0, dtype=np.float64).astype(np.float32) if centroids is None
                       else centroids[inputs.clusters[positions[rows.start]]])
             to_centroid[rows] = np.linalg.norm(vectors[rows] - centre, axis=1)
-        vectors = _unit_rows(vectors)
+        vectors = unit_rows(vectors)
         for start, stop in clusters:
             rows = slice(start - group_start, stop - group_start)
             within = np.lexsort((positions[rows], -to_centroid[rows]))  # farthest first, ties by index
             members, mine = positions[rows][within], vectors[rows][within]
-            for part in _pairwise_parts(mine, seed=int(inputs.clusters[members[0]])):
+            given = None if inputs.parts is None else inputs.parts[members]
+            for part in _comparison_parts(mine, given, seed=int(inputs.clusters[members[0]])):
                 best[members[part]] = _max_similarity_to_earlier(mine[part])
     return best
 
@@ -449,7 +463,8 @@ REQUIRED_INPUTS: dict[str, frozenset[str]] = {
     "ask_llm_distilled_density": frozenset({"quality", "density"}),
 }
 
-# Samplers that read the embeddings a few whole clusters at a time (the others read them in storage order).
+# Samplers that read the embeddings a few whole clusters at a time (the others read them in storage
+# order), and the clustering's parts of large clusters with them.
 READS_BY_CLUSTER = frozenset({"semdedup"})
 
 # The paper's configurations (core/selection/paper.py) run as stand-ins: the same rule over another

@@ -1,6 +1,7 @@
 """Schema migrations from sql/: applied in order, recorded, never twice."""
 
 import duckdb
+import pytest
 
 from dselect_assets import store
 
@@ -235,3 +236,37 @@ def test_vectors_are_stored_as_float16_and_read_as_float32_with_older_float32_fi
     # rounded vectors are other values: their producer is not the unrounded one's
     model = {"model": "m", "dtype": "float32"}
     assert producer_id("embedding", **embedding_identity(model)) != producer_id("embedding", **model)
+
+
+
+def test_document_signals_read_each_column_once_and_as_read_columns_does(tmp_path, monkeypatch):
+    import hashlib
+
+    import numpy as np
+
+    from dselect_assets.store import attributes
+
+    rng = np.random.default_rng(3)
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)]
+    scored = hashes[:-1]  # the last is in no file
+    value = rng.random(len(scored))
+    value[7] = np.nan  # unscorable
+    producer = "ask_llm:0123456789abcdef"
+    for shard, rows in (("a", slice(0, 200)), ("b", slice(200, None))):
+        attributes.write_chunk(tmp_path, producer, shard,
+                               attributes.score_table(producer, scored[rows], value[rows], 2 * value[rows]))
+    wanted = [hashes[i] for i in rng.permutation(len(hashes))]
+    with duckdb.connect() as con:
+        expected, expected_found = attributes.read_columns(con, tmp_path, producer, wanted, ("value", "value_norm"))
+    reads = []
+    read = attributes._read_columns
+    monkeypatch.setattr(attributes, "_read_columns", lambda *a: reads.append(a[-1]) or read(*a))
+    with attributes.DocumentSignals(tmp_path, wanted) as signals:
+        value_norm, found = signals.values(producer, "value_norm")
+        both, found_again = signals.columns(producer, ("value", "value_norm"))
+        assert signals.values(producer, "value")[0] is both["value"] and both["value_norm"] is value_norm
+    assert reads == [("value_norm",), ("value",)]  # each column read once, only the missing one the second time
+    np.testing.assert_array_equal(found, expected_found)
+    assert found_again is found and found.sum() == len(scored)
+    for column in ("value", "value_norm"):
+        np.testing.assert_array_equal(both[column], expected[column])

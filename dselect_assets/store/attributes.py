@@ -271,15 +271,16 @@ def _read_columns(con: duckdb.DuckDBPyConnection, root: Path, producer: str, wan
 
 
 class DocumentSignals:
-    """Attribute columns of one set of documents, each (producer, columns) read once and kept:
-    a selection's sampler, export and kept/rejected table read the same scores, and the
-    documents' keys are registered once for all of them (1.1 s a time at 10M documents)."""
+    """Attribute columns of one set of documents, each (producer, column) read once and kept: a
+    selection's sampler, export and kept/rejected table read the same scores, and the documents'
+    keys are registered once for all of them (1.1 s a time at 10M documents)."""
 
     def __init__(self, root: Path, hex_hashes):
         self.root, self.hex_hashes, self.n = root, hex_hashes, len(hex_hashes)
         self._con = duckdb.connect()
         self._wanted: str | None = None
-        self._read: dict[tuple[str, tuple[str, ...]], tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        self._values: dict[tuple[str, str], np.ndarray] = {}
+        self._found: dict[str, np.ndarray] = {}
 
     def _wanted_table(self) -> str:
         if self._wanted is None:
@@ -288,10 +289,12 @@ class DocumentSignals:
 
     def columns(self, producer: str, columns: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """read_columns of these documents (the arrays are shared: do not write to them)."""
-        key = (producer, columns)
-        if key not in self._read:
-            self._read[key] = _read_columns(self._con, self.root, producer, self._wanted_table, self.n, columns)
-        return self._read[key]
+        missing = tuple(c for c in columns if (producer, c) not in self._values)
+        if missing:
+            values, found = _read_columns(self._con, self.root, producer, self._wanted_table, self.n, missing)
+            self._found.setdefault(producer, found)  # whether a row exists: the same for every column
+            self._values.update({(producer, c): v for c, v in values.items()})
+        return {c: self._values[producer, c] for c in columns}, self._found[producer]
 
     def values(self, producer: str, column: str = "value") -> tuple[np.ndarray, np.ndarray]:
         """read_values of these documents (the arrays are shared: do not write to them)."""

@@ -339,16 +339,12 @@ def _rows_of_each_part(part: np.ndarray) -> list[np.ndarray]:
     return [order[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
-def _comparison_parts(vectors: np.ndarray, given: np.ndarray | None, seed: int) -> list[np.ndarray]:
-    """Row indices (ascending) of the parts of one cluster whose pairs SemDeDup compares: the
-    clustering's parts when `given` (part of each row), else clustering.split_cluster's of it."""
-    if given is None:
-        if len(vectors) <= PAIRWISE_ROWS:
-            return [np.arange(len(vectors))]
-        from dselect_assets.core.density import clustering  # faiss, loaded only where a cluster is this large
+def _split_parts(vectors: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Row indices (ascending) of the parts clustering.split_cluster splits one cluster into."""
+    from dselect_assets.core.density import clustering  # faiss, loaded only where a cluster is this large
 
-        given = clustering.split_cluster(vectors, max_rows=PAIRWISE_ROWS, part_rows=PAIRWISE_PART_ROWS, seed=seed)
-    return _rows_of_each_part(given)
+    return _rows_of_each_part(
+        clustering.split_cluster(vectors, max_rows=PAIRWISE_ROWS, part_rows=PAIRWISE_PART_ROWS, seed=seed))
 
 
 def semdedup_max_similarity(inputs: SamplerInputs) -> np.ndarray:
@@ -386,11 +382,15 @@ def semdedup_max_similarity(inputs: SamplerInputs) -> np.ndarray:
         vectors = unit_rows(vectors)
         for start, stop in clusters:
             rows = slice(start - group_start, stop - group_start)
-            within = np.lexsort((positions[rows], -to_centroid[rows]))  # farthest first, ties by index
-            members, mine = positions[rows][within], vectors[rows][within]
-            given = None if inputs.parts is None else inputs.parts[members]
-            for part in _comparison_parts(mine, given, seed=int(inputs.clusters[members[0]])):
-                best[members[part]] = _max_similarity_to_earlier(mine[part])
+            # the group's rows of the cluster, farthest from the centroid first, ties by index
+            within = rows.start + np.lexsort((positions[rows], -to_centroid[rows]))
+            members = positions[within]
+            if inputs.parts is None and len(within) > PAIRWISE_ROWS:  # split here: k-means over the cluster
+                parts = _split_parts(vectors[within], seed=int(inputs.clusters[members[0]]))
+            else:
+                parts = [np.arange(len(within))] if inputs.parts is None else _rows_of_each_part(inputs.parts[members])
+            for part in parts:  # each part's vectors gathered once, not the cluster's and then the part's
+                best[members[part]] = _max_similarity_to_earlier(vectors[within[part]])
     return best
 
 

@@ -27,8 +27,8 @@ from dselect_assets.assets.shard_reader import load_embeddings
 from dselect_assets.core.density import clustering, race_sketch
 from dselect_assets.core.hashing import hash_set_digest, input_version
 from dselect_assets.core.hashing import producer_id as make_producer_id
-from dselect_assets.core.selection import samplers
 from dselect_assets.core.ingest.shard_keys import validate_shard_key
+from dselect_assets.core.selection import samplers
 from dselect_assets.resources import DataPaths, DuckDBStore, EmbedderResource
 from dselect_assets.store import attributes, catalogue, coverage
 from dselect_assets.store import selections as selection_store

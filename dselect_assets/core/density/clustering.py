@@ -138,13 +138,14 @@ def split_large_clusters(cluster_starts: list[np.ndarray], read: Callable[[int, 
         pieces = [(s, read(s, int(starts[lo]), int(starts[hi]))) for s, starts in enumerate(cluster_starts)
                   if starts[hi] > starts[lo]]
         for c in range(lo, hi):
-            members = [(s, piece[cluster_starts[s][c] - cluster_starts[s][lo]:cluster_starts[s][c + 1] - cluster_starts[s][lo]])
-                       for s, piece in pieces]
-            part = split_cluster(np.concatenate([m for _, m in members]), max_rows=max_rows, part_rows=part_rows, seed=c)
+            spans = [(s, cluster_starts[s][c], cluster_starts[s][c + 1]) for s, _ in pieces]
+            members = np.concatenate([piece[start - cluster_starts[s][lo]:stop - cluster_starts[s][lo]]
+                                      for (s, start, stop), (_, piece) in zip(spans, pieces)])
+            part = split_cluster(members, max_rows=max_rows, part_rows=part_rows, seed=c)
             at = 0
-            for s, m in members:
-                parts[s][cluster_starts[s][c]:cluster_starts[s][c + 1]] = part[at:at + len(m)]
-                at += len(m)
+            for s, start, stop in spans:
+                parts[s][start:stop] = part[at:at + stop - start]
+                at += stop - start
         first = last
     return parts
 

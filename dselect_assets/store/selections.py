@@ -224,7 +224,7 @@ def write_export(con: duckdb.DuckDBPyConnection, kept, scores: dict[str, tuple[n
                  out_file: Path, spill_dir: Path) -> int:
     """Write the selection's export: id, content_hash, text and one column per entry of `scores`
     (name -> (each kept document's value, whether it has one), or None for a column of nulls),
-    sorted by content hash. Returns the rows written.
+    for `kept`, sorted by content hash. Returns the rows written.
 
     One join of every kept text with every documents file held the corpus's text in a hash table
     that DuckDB could not spill (out of memory at 3M documents under a 1 GB limit). Instead the
@@ -233,10 +233,8 @@ def write_export(con: duckdb.DuckDBPyConnection, kept, scores: dict[str, tuple[n
     holds a shard or a range, plus one score array per entry of `scores`."""
     bound_memory(con, spill_dir)
     kept = attributes.as_strings(kept)
-    if not is_sorted(kept):
-        order = hash_order(kept)
-        kept = kept.take(pa.array(order))
-        scores = {name: None if value is None else (value[0][order], value[1][order]) for name, value in scores.items()}
+    if not is_sorted(kept):  # the scores come in the kept documents' order, and the export is by hash
+        raise ValueError("the kept documents must come sorted by content hash, as the eligible set does")
     values = {name: value for name, value in scores.items() if value is not None}
     positions = _register_positions(con, kept, "_kept_rows")
     # Sorted by documents file (numbered: DuckDB's zone maps keep 8 bytes of a string), so each

@@ -239,7 +239,7 @@ def test_vectors_are_stored_as_float16_and_read_as_float32_with_older_float32_fi
 
 
 
-def test_document_signals_read_each_column_once_and_as_read_columns_does(tmp_path, monkeypatch):
+def test_document_signals_read_each_column_once_and_as_read_values_does(tmp_path, monkeypatch):
     import hashlib
 
     import numpy as np
@@ -257,7 +257,9 @@ def test_document_signals_read_each_column_once_and_as_read_columns_does(tmp_pat
                                attributes.score_table(producer, scored[rows], value[rows], 2 * value[rows]))
     wanted = [hashes[i] for i in rng.permutation(len(hashes))]
     with duckdb.connect() as con:
-        expected, expected_found = attributes.read_columns(con, tmp_path, producer, wanted, ("value", "value_norm"))
+        expected = {column: attributes.read_values(con, tmp_path, producer, wanted, column)[0]
+                    for column in ("value", "value_norm")}
+        expected_found = attributes.read_values(con, tmp_path, producer, wanted)[1]
     reads = []
     read = attributes._read_columns
     monkeypatch.setattr(attributes, "_read_columns", lambda *a: reads.append(a[-1]) or read(*a))

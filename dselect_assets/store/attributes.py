@@ -240,14 +240,8 @@ def present(con: duckdb.DuckDBPyConnection, root: Path, producer: str, hex_hashe
 def read_values(con: duckdb.DuckDBPyConnection, root: Path, producer: str, hex_hashes,
                 column: str = "value") -> tuple[np.ndarray, np.ndarray]:
     """(value per document, NaN where unscorable or absent; whether a row exists) in the order given."""
-    values, found = read_columns(con, root, producer, hex_hashes, (column,))
+    values, found = _read_columns(con, root, producer, lambda: _wanted(con, hex_hashes), len(hex_hashes), (column,))
     return values[column], found
-
-
-def read_columns(con: duckdb.DuckDBPyConnection, root: Path, producer: str, hex_hashes,
-                 columns: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """read_values for several columns of the same rows, in one pass over the files."""
-    return _read_columns(con, root, producer, lambda: _wanted(con, hex_hashes), len(hex_hashes), columns)
 
 
 def _read_columns(con: duckdb.DuckDBPyConnection, root: Path, producer: str, wanted_table: Callable[[], str], n: int,
@@ -288,7 +282,8 @@ class DocumentSignals:
         return self._wanted
 
     def columns(self, producer: str, columns: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """read_columns of these documents (the arrays are shared: do not write to them)."""
+        """read_values of these documents for several columns of one producer, read in one pass
+        over its files (the arrays are shared: do not write to them)."""
         missing = tuple(c for c in columns if (producer, c) not in self._values)
         if missing:
             values, found = _read_columns(self._con, self.root, producer, self._wanted_table, self.n, missing)
@@ -319,7 +314,8 @@ def has_column(con: duckdb.DuckDBPyConnection, root: Path, producer: str, column
     """Whether `producer`'s attribute files have `column` (a file written before the column was
     added has not)."""
     files = producer_glob(root, producer)
-    return files is not None and column in con.sql("SELECT * FROM read_parquet(?) LIMIT 0", params=[files]).columns
+    return files is not None and column in _query(con, "SELECT * FROM read_parquet(?) LIMIT 0", [files],
+                                                  kind_of(producer), producer).column_names
 
 
 def _unreadable_vectors(path: Path, why: str) -> CorruptFile:

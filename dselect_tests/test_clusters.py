@@ -66,8 +66,8 @@ def test_clusters_copy_the_embeddings_in_cluster_order_and_semdedup_selects_the_
         assert sorted(keys) == sorted(attributes.hash_keys(owned[shard]).to_pylist())
         by_key = {k: h for k, h in zip(attributes.hash_keys(owned[shard]).to_pylist(), owned[shard].to_pylist())}
         in_file = [by_key[k] for k in keys]
-        cluster, part, assigned = selection_store.clusters_of(attributes.DocumentSignals(root, in_file), clustering,
-                                                              with_parts=True)
+        with attributes.DocumentSignals(root, in_file) as signals:
+            cluster, part, assigned = selection_store.clusters_of(signals, clustering, with_parts=True)
         assert assigned.all() and (np.diff(cluster) >= 0).all() and len(set(cluster)) > 1
         units += list(zip(cluster.tolist(), part.tolist()))
         # with the vectors the embedder wrote, bit for bit

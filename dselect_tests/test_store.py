@@ -238,7 +238,6 @@ def test_vectors_are_stored_as_float16_and_read_as_float32_with_older_float32_fi
     assert producer_id("embedding", **embedding_identity(model)) != producer_id("embedding", **model)
 
 
-
 def test_document_signals_read_each_column_once_and_as_read_values_does(tmp_path, monkeypatch):
     import hashlib
 

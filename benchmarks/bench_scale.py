@@ -1,6 +1,6 @@
 """Peak memory and time of every corpus-wide stage at two corpus sizes, on synthetic documents.
 
-    python benchmarks/bench_scale.py --sizes 1000000 10000000      # the issue's sizes (hours)
+    python benchmarks/bench_scale.py --sizes 1000000 10000000 --cold   # the issue's sizes (about 40 min)
     python benchmarks/bench_scale.py --sizes 100000 1000000        # about 25 min on one core
     python benchmarks/bench_scale.py --sizes 1000 2000 --shard-docs 500 --stages clusters select_full export
     # keep the stores, then run (or profile) one stage again on one of them:
@@ -19,7 +19,9 @@ the stages after them read exactly what a real run leaves. No model is loaded.
 
 Each stage runs in its own child process (a fresh ephemeral Dagster instance on the same DuckDB
 file); its peak RSS is the child's own high-water mark (VmHWM, read as it ends), so one stage's
-peak never hides another's:
+peak never hides another's. Its time includes flushing what it wrote to disk; with --cold (root
+only) it also starts from an empty page cache, as it would on a corpus larger than memory, so its
+time does not depend on which stage ran before it:
   baseline       imports + opening the store, no work (what every stage pays)
   ingest         documents[shard] for every shard
   inputs         the synthetic embeddings and scores, one attribute file per shard and producer
@@ -239,6 +241,9 @@ def run_stage(stage: str, home: Path, corpus: Path) -> dict:
             materialize([selection_exports], selection_partition(EXPORT_KEY))
         else:
             raise ValueError(f"unknown stage {stage!r}")
+        # A stage's writes reach the disk within its own time: left to the kernel, the next stage
+        # paid for them (at 10M, random after clusters' 7.9 GB copy took 35 s, 28-30 s after a sync).
+        os.sync()
         out["seconds"] = time.perf_counter() - start
     return out
 
@@ -246,8 +251,25 @@ def run_stage(stage: str, home: Path, corpus: Path) -> dict:
 # ------------------------------------------------------------------ parent side
 
 
-def run_child(stage: str, home: Path, corpus: Path) -> dict:
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def start_cold() -> None:
+    """Empty the page cache, so a stage reads its inputs from disk whatever ran before it: at 10M
+    documents the store (about 25 GB) outgrows the cache, so what a stage finds cached depends on
+    the stage before (random at 10M: 32-33 s cold, 24-28 s warm), while at 1M every stage finds
+    everything cached."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError as exc:
+        raise SystemExit(f"bench_scale: --cold writes {DROP_CACHES}, which needs root ({exc})") from exc
+
+
+def run_child(stage: str, home: Path, corpus: Path, cold: bool = False) -> dict:
     """Run one stage in a fresh process; return its result plus its own peak RSS."""
+    if cold:
+        start_cold()
     result_file = home / f".{stage}.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DAGSTER_HOME": str(home / "dagster")}
     command = [sys.executable, __file__, "--stage", stage, "--home", str(home), "--corpus", str(corpus),
@@ -296,16 +318,18 @@ def with_prerequisites(wanted: list[str]) -> list[str]:
     return [s for s in all_stages() if s in chosen]
 
 
-def bench_size(n: int, workdir: Path, shard_docs: int, stages: list[str], keep: bool = False) -> dict[str, dict]:
+def bench_size(n: int, workdir: Path, shard_docs: int, stages: list[str], keep: bool = False,
+               cold: bool = False) -> dict[str, dict]:
     home, corpus = workdir / f"home-{n}", workdir / f"corpus-{n}"
     shutil.rmtree(home, ignore_errors=True)
     shutil.rmtree(corpus, ignore_errors=True)
     (home / "dagster").mkdir(parents=True)
     n_shards = write_corpus(corpus, home / "eval", n, shard_docs)
+    os.sync()  # the corpus is the input, written before the clock starts: ingest does not pay for it
     print(f"# N={n}: {n_shards} synthetic JSONL shards of <= {shard_docs} documents", flush=True)
     results = {}
     for stage in stages:
-        result = results[stage] = run_child(stage, home, corpus)
+        result = results[stage] = run_child(stage, home, corpus, cold)
         print(f"{stage} {n} peak_rss_mib={result['peak_rss_mib']:.0f} seconds={result['seconds']:.1f}", flush=True)
     if keep:
         print(f"# kept: --home {home} --corpus {corpus}", flush=True)
@@ -324,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="write here (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true",
                         help="leave each size's store and corpus in --workdir, to run or profile a stage on them again")
+    parser.add_argument("--cold", action="store_true",
+                        help="empty the page cache before every stage (needs root): each stage reads from disk")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
@@ -341,10 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--keep needs --workdir")
     print(f"# synthetic corpus (seeded words, vectors and scores; no model), skipped: "
           f"{', '.join(f'select_{s} (needs a fitted probe)' for s in NEEDS_A_PROBE)}", flush=True)
+    print("# page cache: emptied before every stage (--cold)" if args.cold else
+          "# page cache: as the stage before left it (--cold empties it)", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_scale-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        by_size = {n: bench_size(n, workdir, args.shard_docs, stages, args.keep) for n in (small, large)}
+        by_size = {n: bench_size(n, workdir, args.shard_docs, stages, args.keep, args.cold) for n in (small, large)}
     for stage, big in by_size[large].items():
         little = by_size[small][stage]
         print(f"{stage} time_ratio={big['seconds'] / max(little['seconds'], 1e-3):.2f} "

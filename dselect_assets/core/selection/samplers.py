@@ -11,6 +11,7 @@ always gives the same selection; deterministic rankings break ties with it.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -269,11 +270,20 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _blocks(rows: EmbeddingRows):
-    """(positions, vectors) covering every row once, ROW_BLOCK rows at a time, in storage order."""
+    """(positions, vectors) covering every row once, ROW_BLOCK rows at a time, in storage order.
+
+    The next block is read while the caller works on this one (reads and matrix products both
+    release the GIL): once the embeddings outgrow the page cache, a pass otherwise waits for the
+    disk between blocks (Prototypes at 10M documents: 299 s from an empty cache, 278 s cached)."""
     order = rows.storage_order()
-    for start in range(0, rows.n, ROW_BLOCK):
-        positions = order[start: start + ROW_BLOCK]
-        yield positions, rows.read(positions)
+    blocks = [order[start: start + ROW_BLOCK] for start in range(0, rows.n, ROW_BLOCK)]
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        ahead = reader.submit(rows.read, blocks[0]) if blocks else None
+        for i, positions in enumerate(blocks):
+            vectors = ahead.result()
+            if i + 1 < len(blocks):
+                ahead = reader.submit(rows.read, blocks[i + 1])
+            yield positions, vectors
 
 
 def _given_centroids(inputs: SamplerInputs) -> np.ndarray | None:

@@ -257,7 +257,7 @@ DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 def start_cold() -> None:
     """Empty the page cache, so a stage reads its inputs from disk whatever ran before it: at 10M
     documents the store (about 25 GB) outgrows the cache, so what a stage finds cached depends on
-    the stage before (random at 10M: 32-33 s cold, 24-28 s warm), while at 1M every stage finds
+    the stage before (random at 10M: 31-34 s cold, 24-28 s warm), while at 1M every stage finds
     everything cached."""
     os.sync()
     try:
